@@ -1,0 +1,41 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "zeroseg",
+    products: [
+        .library(name: "ZeroSeg", targets: ["ZeroSeg"]),
+        .executable(name: "zeroseg", targets: ["zeroseg"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C system libraries (Debian: libopenblas-dev libjpeg-dev libpng-dev libutf8proc-dev zlib1g-dev)
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
+        .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+        .systemLibrary(name: "CUTF8Proc", path: "Sources/CUTF8Proc"),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        // setjmp/longjmp wrappers so libjpeg/libpng errors return instead of exit()
+        .target(
+            name: "CImageShim",
+            dependencies: ["CJPEG", "CPNG"],
+            linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]
+        ),
+        .target(
+            name: "ZeroSeg",
+            dependencies: ["CBLAS", "CJPEG", "CPNG", "CUTF8Proc", "CZlib", "CImageShim"],
+            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+        ),
+        .executableTarget(
+            name: "zeroseg",
+            dependencies: ["ZeroSeg", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(
+            name: "ZeroSegTests",
+            dependencies: ["ZeroSeg"],
+            resources: [.copy("Fixtures")]
+        ),
+    ]
+)

@@ -1,0 +1,2 @@
+// utf8proc (Debian: libutf8proc-dev)
+#include <utf8proc.h>
