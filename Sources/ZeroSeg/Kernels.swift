@@ -1,0 +1,228 @@
+import CBLAS
+import Foundation
+
+// Kernels are plain functions over buffers; shapes are row-major and given in comments.
+// Each fast kernel has a naive reference (`*Reference`) beside it, used by the tests.
+
+public typealias FloatPtr = UnsafeMutablePointer<Float>
+public typealias ConstFloatPtr = UnsafePointer<Float>
+
+/// Sets OpenBLAS's thread count (OpenBLAS keeps it per process).
+public func setBLASThreads(_ n: Int) {
+    if openblas_get_num_threads() != Int32(n) { openblas_set_num_threads(Int32(n)) }
+}
+
+// MARK: - Matrix products
+
+/// out[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N]) — a Linear layer with PyTorch's [out, in] weight.
+/// `ldx`/`ldo` are row strides (default K and N).
+public func linear(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, _ out: FloatPtr,
+                   m: Int, n: Int, k: Int, ldx: Int? = nil, ldo: Int? = nil, accumulate: Bool = false) {
+    let ldo = ldo ?? n
+    var beta: Float = accumulate ? 1 : 0
+    if let bias, !accumulate {
+        for i in 0..<m { (out + i * ldo).update(from: bias, count: n) }
+        beta = 1
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1,
+                x, Int32(ldx ?? k), w, Int32(k), beta, out, Int32(ldo))
+    if let bias, accumulate {
+        for i in 0..<m { for j in 0..<n { out[i * ldo + j] += bias[j] } }
+    }
+}
+
+/// Naive reference of `linear` (accumulating in Double).
+public func linearReference(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, _ out: FloatPtr,
+                            m: Int, n: Int, k: Int) {
+    for i in 0..<m {
+        for j in 0..<n {
+            var s = Double(bias?[j] ?? 0)
+            for p in 0..<k { s += Double(x[i * k + p]) * Double(w[j * k + p]) }
+            out[i * n + j] = Float(s)
+        }
+    }
+}
+
+/// c[M, N] = alpha · a[M, K] · b[K, N] (+ beta · c) with explicit row strides.
+@inline(__always)
+func gemmNN(_ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: FloatPtr, ldc: Int,
+            m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
+                a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// c[M, N] = alpha · a[M, K] · b[N, K]ᵀ (+ beta · c) with explicit row strides.
+@inline(__always)
+func gemmNT(_ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: FloatPtr, ldc: Int,
+            m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), alpha,
+                a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+// MARK: - Layer norm
+
+/// out[M, C] = (x - mean) / sqrt(var + eps) · w + b, per row (biased variance, as torch).
+/// `out` may alias `x`.
+public func layerNorm(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: ConstFloatPtr, _ out: FloatPtr,
+                      rows: Int, cols c: Int, eps: Float) {
+    for r in 0..<rows {
+        let xr = x + r * c, or = out + r * c
+        var sum: Float = 0
+        for i in 0..<c { sum += xr[i] }
+        let mean = sum / Float(c)
+        var sq: Float = 0
+        for i in 0..<c { let d = xr[i] - mean; sq += d * d }
+        let inv = 1 / (sq / Float(c) + eps).squareRoot()
+        for i in 0..<c { or[i] = (xr[i] - mean) * inv * w[i] + b[i] }
+    }
+}
+
+public func layerNormReference(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: ConstFloatPtr, _ out: FloatPtr,
+                               rows: Int, cols c: Int, eps: Float) {
+    for r in 0..<rows {
+        var mean = 0.0, v = 0.0
+        for i in 0..<c { mean += Double(x[r * c + i]) }
+        mean /= Double(c)
+        for i in 0..<c { let d = Double(x[r * c + i]) - mean; v += d * d }
+        v /= Double(c)
+        let inv = 1 / (v + Double(eps)).squareRoot()
+        for i in 0..<c { out[r * c + i] = Float((Double(x[r * c + i]) - mean) * inv * Double(w[i]) + Double(b[i])) }
+    }
+}
+
+// MARK: - Softmax
+
+/// Softmax over each row of x[rows, n] (row stride `ld`), in place; only the first `valid(r)` entries
+/// of row r take part (the rest are set to 0), for causal attention.
+public func softmaxRows(_ x: FloatPtr, rows: Int, n: Int, ld: Int? = nil, valid: ((Int) -> Int)? = nil) {
+    let ld = ld ?? n
+    for r in 0..<rows {
+        let row = x + r * ld
+        let m = valid?(r) ?? n
+        var mx = -Float.infinity
+        for i in 0..<m { mx = max(mx, row[i]) }
+        var s: Float = 0
+        for i in 0..<m { let e = expf(row[i] - mx); row[i] = e; s += e }
+        let inv = 1 / s
+        for i in 0..<m { row[i] *= inv }
+        for i in m..<n { row[i] = 0 }
+    }
+}
+
+public func softmaxReference(_ x: FloatPtr, rows: Int, n: Int) {
+    for r in 0..<rows {
+        let mx = (0..<n).map { Double(x[r * n + $0]) }.max()!
+        let e = (0..<n).map { exp(Double(x[r * n + $0]) - mx) }
+        let s = e.reduce(0, +)
+        for i in 0..<n { x[r * n + i] = Float(e[i] / s) }
+    }
+}
+
+// MARK: - Activations
+
+/// In-place activation over x[n].
+public func activate(_ x: FloatPtr, count n: Int, _ act: Activation) {
+    switch act {
+    case .quickGELU:
+        for i in 0..<n { let v = x[i]; x[i] = v / (1 + expf(-1.702 * v)) }
+    case .gelu:
+        for i in 0..<n { let v = x[i]; x[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752)) }
+    case .geluTanh, .geluNew:
+        for i in 0..<n {
+            let v = x[i]
+            x[i] = 0.5 * v * (1 + tanhf(0.79788456080286536 * (v + 0.044715 * v * v * v)))
+        }
+    }
+}
+
+public func activationReference(_ v: Float, _ act: Activation) -> Float {
+    let x = Double(v)
+    switch act {
+    case .quickGELU: return Float(x / (1 + exp(-1.702 * x)))
+    case .gelu: return Float(0.5 * x * (1 + erf(x / 2.0.squareRoot())))
+    case .geluTanh, .geluNew: return Float(0.5 * x * (1 + tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))))
+    }
+}
+
+// MARK: - Attention
+
+/// Multi-head scaled dot-product attention for one sequence.
+/// qkv: [T, 3W] (q | k | v, heads contiguous inside each), out: [T, W], scores: scratch [T, T].
+/// With `causal`, token t attends to tokens 0...t.
+public func attention(qkv: ConstFloatPtr, out: FloatPtr, scores: FloatPtr, tokens t: Int, width w: Int,
+                      heads: Int, causal: Bool) {
+    let d = w / heads
+    let scale = 1 / Float(d).squareRoot()
+    for h in 0..<heads {
+        let q = qkv + h * d, k = qkv + w + h * d, v = qkv + 2 * w + h * d
+        // scores[T, T] = q kᵀ · scale
+        gemmNT(q, lda: 3 * w, k, ldb: 3 * w, scores, ldc: t, m: t, n: t, k: d, alpha: scale)
+        softmaxRows(scores, rows: t, n: t, valid: causal ? { $0 + 1 } : nil)
+        // out[:, h] = scores · v
+        gemmNN(scores, lda: t, v, ldb: 3 * w, out + h * d, ldc: w, m: t, n: d, k: t)
+    }
+}
+
+public func attentionReference(qkv: ConstFloatPtr, out: FloatPtr, tokens t: Int, width w: Int, heads: Int, causal: Bool) {
+    let d = w / heads
+    for h in 0..<heads {
+        for i in 0..<t {
+            let n = causal ? i + 1 : t
+            var s = [Double](repeating: 0, count: n)
+            for j in 0..<n {
+                var acc = 0.0
+                for c in 0..<d { acc += Double(qkv[i * 3 * w + h * d + c]) * Double(qkv[j * 3 * w + w + h * d + c]) }
+                s[j] = acc / Double(d).squareRoot()
+            }
+            let mx = s.max()!
+            let e = s.map { exp($0 - mx) }
+            let z = e.reduce(0, +)
+            for c in 0..<d {
+                var acc = 0.0
+                for j in 0..<n { acc += e[j] / z * Double(qkv[j * 3 * w + 2 * w + h * d + c]) }
+                out[i * w + h * d + c] = Float(acc)
+            }
+        }
+    }
+}
+
+// MARK: - Resampling
+
+/// Bicubic resize of x[C, H, W] to out[C, OH, OW] as torch's `interpolate(mode="bicubic",
+/// align_corners=False)` given an output size (A = -0.75, indices clamped at the borders).
+public func resizeBicubicCHW(_ x: ConstFloatPtr, channels: Int, height h: Int, width w: Int,
+                             _ out: FloatPtr, outHeight oh: Int, outWidth ow: Int) {
+    func coeffs(_ t: Float) -> (Float, Float, Float, Float) {
+        let a: Float = -0.75
+        func c1(_ x: Float) -> Float { ((a + 2) * x - (a + 3)) * x * x + 1 }
+        func c2(_ x: Float) -> Float { ((a * x - 5 * a) * x + 8 * a) * x - 4 * a }
+        return (c2(t + 1), c1(t), c1(1 - t), c2(2 - t))
+    }
+    let sh = Float(h) / Float(oh), sw = Float(w) / Float(ow)
+    for oy in 0..<oh {
+        let ry = sh * (Float(oy) + 0.5) - 0.5
+        let iy = Int(floorf(ry))
+        let (y0, y1, y2, y3) = coeffs(ry - Float(iy))
+        let wy = [y0, y1, y2, y3]
+        for ox in 0..<ow {
+            let rx = sw * (Float(ox) + 0.5) - 0.5
+            let ix = Int(floorf(rx))
+            let (x0, x1, x2, x3) = coeffs(rx - Float(ix))
+            let wx = [x0, x1, x2, x3]
+            for c in 0..<channels {
+                let plane = x + c * h * w
+                var acc: Float = 0
+                for j in 0..<4 {
+                    let yy = min(max(iy - 1 + j, 0), h - 1)
+                    var row: Float = 0
+                    for i in 0..<4 {
+                        let xx = min(max(ix - 1 + i, 0), w - 1)
+                        row += plane[yy * w + xx] * wx[i]
+                    }
+                    acc += row * wy[j]
+                }
+                out[c * oh * ow + oy * ow + ox] = acc
+            }
+        }
+    }
+}

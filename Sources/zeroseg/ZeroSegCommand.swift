@@ -1,0 +1,217 @@
+import ArgumentParser
+import Foundation
+import ZeroSeg
+
+@main
+struct ZeroSegCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "zeroseg",
+        abstract: "Zero-shot, open-vocabulary semantic segmentation with CLIP, on the CPU.",
+        version: ZeroSeg.version,
+        subcommands: [Classify.self, Embed.self, Tokenize.self, Weights.self, Debug.self]
+    )
+
+    /// Turns every error into one line on stderr and exit code 1 (ArgumentParser's own usage errors keep theirs).
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let e as ZeroSegError {
+            FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+            Foundation.exit(1)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// Options shared by every command that runs a model.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "Model directory in the Hugging Face layout (config.json, model.safetensors, vocab.json, merges.txt). Default: $ZEROSEG_MODEL, else a synthetic random ViT-B/16 (with a warning).")
+    var model: String?
+
+    @Option(help: "Threads for matrix products (default: all cores).")
+    var threads: Int = defaultThreads
+
+    func validate() throws {
+        guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be between 1 and 256") }
+    }
+
+    func load() throws -> CLIPModel {
+        let m = try ModelResolver.load(model, warn: { FileHandle.standardError.write(Data("\($0)\n".utf8)) })
+        return m
+    }
+}
+
+func printErr(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+
+func jsonLine(_ obj: Any) throws -> String {
+    let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
+    return String(decoding: d, as: UTF8.self)
+}
+
+/// Splits a comma-separated class list, trimming spaces; empty names are an error.
+func parseClasses(_ s: String) throws -> [String] {
+    let names = s.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+    guard !names.isEmpty, !names.allSatisfy({ $0.isEmpty }) else { throw ValidationError("--classes is empty") }
+    if names.contains(where: { $0.isEmpty }) { throw ValidationError("--classes has an empty name: \"\(s)\"") }
+    var seen = Set<String>()
+    for n in names where !seen.insert(n).inserted { throw ValidationError("--classes names \"\(n)\" twice") }
+    return names
+}
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print CLIP token ids for each text, one JSON array per line (start and end tokens included, truncated to 77, no padding).")
+
+    @Option(help: "Model directory whose vocab.json + merges.txt to use (default: the bundled BPE vocabulary).")
+    var model: String?
+
+    @Option(help: "Context length (truncation keeps the end token).")
+    var contextLength: Int = 77
+
+    @Argument(help: "Texts to tokenize (put -- before texts that start with '-').")
+    var texts: [String] = []
+
+    func validate() throws {
+        if texts.isEmpty { throw ValidationError("give at least one TEXT") }
+        if contextLength < 2 { throw ValidationError("--context-length must be at least 2") }
+    }
+
+    func run() throws {
+        let tok: Tokenizer
+        if let model {
+            let dir = URL(fileURLWithPath: model)
+            tok = try Tokenizer(vocabJSON: dir.appendingPathComponent("vocab.json"), merges: dir.appendingPathComponent("merges.txt"))
+        } else {
+            tok = try Tokenizer(bpeGzip: Tokenizer.defaultVocabURL())
+        }
+        var out = ""
+        for t in texts { out += try jsonLine(tok.tokenize(t, contextLength: contextLength).map { Int($0) }) + "\n" }
+        print(out, terminator: "")
+    }
+}
+
+struct Embed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print L2-normalised CLIP embeddings as one JSON object {\"text\": [...], \"image\": [...]}, in input order.")
+
+    @OptionGroup var options: ModelOptions
+
+    @Option(name: .customLong("text"), help: "A text to embed (repeatable).")
+    var texts: [String] = []
+
+    @Option(name: .customLong("image"), help: "An image file to embed (repeatable; JPEG or PNG).")
+    var images: [String] = []
+
+    func validate() throws {
+        if texts.isEmpty && images.isEmpty { throw ValidationError("give at least one --text or --image") }
+    }
+
+    func run() throws {
+        let decoded = try images.map { try RGBImage.load(URL(fileURLWithPath: $0)) }  // fail before loading the model
+        let model = try options.load()
+        let t = try texts.isEmpty ? [] : model.encodeText(texts, threads: options.threads)
+        let i = try decoded.isEmpty ? [] : model.encodeImages(decoded, threads: options.threads)
+        print(try jsonLine(["text": t.map { $0.map { Double($0) } }, "image": i.map { $0.map { Double($0) } }]))
+    }
+}
+
+struct Classify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Zero-shot image classification: per-class probabilities (template \"a photo of a {}.\", the model's logit scale).")
+
+    @OptionGroup var options: ModelOptions
+
+    @Option(help: "Comma-separated class names, e.g. \"cat,dog\".")
+    var classes: String
+
+    @Flag(help: "Print JSON instead of a table.")
+    var json = false
+
+    @Argument(help: "The image (JPEG or PNG).")
+    var image: String
+
+    func validate() throws { _ = try parseClasses(classes) }
+
+    func run() throws {
+        let names = try parseClasses(classes)
+        let img = try RGBImage.load(URL(fileURLWithPath: image))
+        let model = try options.load()
+        let result = try ZeroShotClassifier(model: model).classify(img, classes: names, threads: options.threads)
+        if json {
+            var obj: [String: Any] = ["image": image, "model": model.source, "synthetic": model.isSynthetic]
+            obj["classes"] = zip(names, result).map { ["name": $0.0, "probability": Double($0.1)] }
+            print(try jsonLine(obj))
+        } else {
+            let width = max(5, names.map(\.count).max() ?? 0)
+            var out = ""
+            for i in result.indices.sorted(by: { result[$0] > result[$1] }) {
+                out += names[i].padding(toLength: width, withPad: " ", startingAt: 0) + "  " + String(format: "%.4f", result[i]) + "\n"
+            }
+            if model.isSynthetic { out += "(synthetic random weights: these probabilities are meaningless)\n" }
+            print(out, terminator: "")
+        }
+    }
+}
+
+struct Weights: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage model weights.", subcommands: [Synth.self])
+
+    struct Synth: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a seeded random CLIP checkpoint in the Hugging Face layout (for tests, benchmarks and machines without weights).")
+
+        @Option(help: "Architecture: \(SyntheticArch.allCases.map(\.rawValue).joined(separator: ", ")).")
+        var arch: String
+
+        @Option(help: "Random seed.")
+        var seed: UInt64 = 0
+
+        @Option(help: "Output directory (created).")
+        var out: String
+
+        func validate() throws {
+            if SyntheticArch(rawValue: arch) == nil {
+                throw ValidationError("unknown --arch \(arch) (choose \(SyntheticArch.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+        }
+
+        func run() throws {
+            try ZeroSeg.Synth.write(arch: SyntheticArch(rawValue: arch)!, seed: seed, to: URL(fileURLWithPath: out))
+            printErr("wrote synthetic \(arch) (seed \(seed)) to \(out): random weights, not a trained model")
+        }
+    }
+}
+
+struct Debug: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Developer tools.", subcommands: [CheckStages.self])
+
+    struct CheckStages: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a model on the inputs of a reference stage dump (scripts/reference/dump_stages.py) and print the max error per stage.")
+
+        @Option(help: "Model directory.")
+        var model: String
+
+        @Option(help: "Stage dump (safetensors) made by scripts/reference/dump_stages.py.")
+        var stages: String
+
+        @Option(help: "Threads.")
+        var threads: Int = defaultThreads
+
+        func run() throws {
+            let m = try CLIPModel(directory: URL(fileURLWithPath: model))
+            let report = try StageCheck.run(model: m, stages: SafetensorsFile(path: stages), threads: threads)
+            func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+            func lpad(_ s: String, _ n: Int) -> String { s.count >= n ? s : String(repeating: " ", count: n - s.count) + s }
+            print(pad("stage", 28) + lpad("n", 9) + lpad("max|ref|", 12) + lpad("max abs err", 13) + lpad("rel err", 11))
+            for r in report {
+                print(pad(r.name, 28) + lpad("\(r.count)", 9) + lpad(String(format: "%.4g", r.maxRef), 12)
+                      + lpad(String(format: "%.3g", r.maxAbs), 13) + lpad(String(format: "%.3g", r.relative), 11))
+            }
+        }
+    }
+}

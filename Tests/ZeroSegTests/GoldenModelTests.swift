@@ -1,0 +1,92 @@
+import Foundation
+import Testing
+import ZeroSeg
+
+/// The tiny synthetic CLIP (written by `Synth`, identical to scripts/reference/synth.py) against
+/// transformers' activations on the same weights, stage by stage.
+/// Regenerate the reference with `scripts/reference/make_tiny_fixture.sh` (see Fixtures/tiny/README.md).
+@Suite struct GoldenModelTests {
+    static let tinyDir: URL = {
+        let d = temporaryDirectory("zeroseg-tiny")
+        try! Synth.write(arch: .tiny, seed: 0, to: d)
+        return d
+    }()
+
+    static func stages() throws -> SafetensorsFile {
+        try SafetensorsFile(path: Bundle.module.url(forResource: "stages", withExtension: "safetensors", subdirectory: "Fixtures/tiny")!.path)
+    }
+
+    @Test func everyStageMatchesTransformers() throws {
+        let model = try CLIPModel(directory: Self.tinyDir)
+        let ref = try Self.stages()
+        let rows = try StageCheck.run(model: model, stages: ref, threads: 2)
+        let compared = Set(rows.map(\.name))
+        let expected = Set(ref.tensors.keys).subtracting(["text.input_ids", "text.lengths", "vision.pixel_values", "interp.pixel_values"])
+        #expect(compared == expected, "stages not compared: \(expected.subtracting(compared).sorted())")
+        for r in rows {
+            // float32 through two layers: measured errors are <= 8e-7 of max |ref|; the bound is 2e-5.
+            #expect(r.maxAbs <= 2e-5 * max(1, r.maxRef),
+                    "stage \(r.name): max abs error \(r.maxAbs) (max |ref| \(r.maxRef)); regenerate with scripts/reference/make_tiny_fixture.sh if the reference changed")
+        }
+    }
+
+    @Test func tokenizerMatchesFixtureIds() throws {
+        let model = try CLIPModel(directory: Self.tinyDir)
+        let ref = try Self.stages()
+        let texts = try JSONSerialization.jsonObject(with: Data(ref.metadata["texts"]!.utf8)) as! [String]
+        let ids = try ref.ints("text.input_ids"), lengths = try ref.ints("text.lengths")
+        for (i, t) in texts.enumerated() {
+            let expected = ids[(i * 77)..<(i * 77 + lengths[i])].map { Int32($0) }
+            #expect(model.tokenize([t])[0] == expected, "text \(i)")
+        }
+    }
+
+    @Test func embeddingsAreNormalisedAndBatchingIsExact() throws {
+        let model = try CLIPModel(directory: Self.tinyDir)
+        let texts = ["a photo of a cat.", "a photo of a dog.", "sky", "a photo of a cat."]
+        let batched = try model.encodeText(texts, threads: 1)
+        for (i, t) in texts.enumerated() {
+            let single = try model.encodeText([t], threads: 1)[0]
+            #expect(maxAbsDiff(single, batched[i]) < 1e-6)
+        }
+        for e in batched { #expect(abs(e.reduce(0) { $0 + $1 * $1 } - 1) < 1e-5) }
+        #expect(model.isSynthetic)
+    }
+
+    /// Strict loading: a missing, an extra, or a mis-shaped tensor is named in the error.
+    @Test func strictLoading() throws {
+        let cfg = SyntheticArch.tiny.config
+        var tensors = Synth.tensors(config: cfg, seed: 0)
+        func attempt(_ t: [(name: String, shape: [Int], data: [Float])]) -> String {
+            let d = temporaryDirectory()
+            for f in ["config.json", "vocab.json", "merges.txt", "preprocessor_config.json"] {
+                try! FileManager.default.copyItem(at: Self.tinyDir.appendingPathComponent(f), to: d.appendingPathComponent(f))
+            }
+            try! SafetensorsFile.write(t, to: d.appendingPathComponent("model.safetensors"))
+            do { _ = try CLIPModel(directory: d); return "" } catch { return "\(error)" }
+        }
+        #expect(attempt(tensors) == "")
+        let removed = tensors.remove(at: 5)
+        #expect(attempt(tensors).contains("missing tensor \(removed.name)"))
+        tensors.insert(removed, at: 5)
+        #expect(attempt(tensors + [("extra.weight", [1], [0])]).contains("unexpected tensor(s): extra.weight"))
+        var bad = tensors
+        bad[0] = (bad[0].name, [2, bad[0].data.count / 2], bad[0].data)
+        #expect(attempt(bad).contains("has shape"))
+    }
+
+    @Test func badModelDirectories() throws {
+        func err(_ d: URL) -> String { do { _ = try CLIPModel(directory: d); return "" } catch { return "\(error)" } }
+        #expect(err(URL(fileURLWithPath: "/nonexistent")).contains("does not exist"))
+        let d = temporaryDirectory()
+        #expect(err(d).contains("no config.json"))
+        try Data("{\"text_config\": 3}".utf8).write(to: d.appendingPathComponent("config.json"))
+        #expect(err(d).contains("text_config is not an object"))
+        try FileManager.default.copyItem(at: Self.tinyDir.appendingPathComponent("config.json"), to: d.appendingPathComponent("c2.json"))
+        try FileManager.default.removeItem(at: d.appendingPathComponent("config.json"))
+        try FileManager.default.moveItem(at: d.appendingPathComponent("c2.json"), to: d.appendingPathComponent("config.json"))
+        #expect(err(d).contains("no model.safetensors"))
+        try Data("garbage".utf8).write(to: d.appendingPathComponent("model.safetensors"))
+        #expect(err(d).contains("invalid safetensors"))
+    }
+}

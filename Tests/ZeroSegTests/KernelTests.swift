@@ -1,0 +1,66 @@
+import Foundation
+import Testing
+import ZeroSeg
+
+/// Each fast kernel against its naive reference (Double accumulation), on odd sizes.
+@Suite struct KernelTests {
+    @Test func linearMatchesReference() {
+        let (m, n, k) = (7, 13, 37)
+        let x = randomFloats(m * k, seed: 1), w = randomFloats(n * k, seed: 2), b = randomFloats(n, seed: 3)
+        var fast = [Float](repeating: 0, count: m * n), ref = fast
+        linear(x, w, b, &fast, m: m, n: n, k: k)
+        linearReference(x, w, b, &ref, m: m, n: n, k: k)
+        #expect(maxAbsDiff(fast, ref) < 1e-5)
+        // accumulate: out += x·wᵀ + b
+        var acc = [Float](repeating: 1, count: m * n)
+        linear(x, w, b, &acc, m: m, n: n, k: k, accumulate: true)
+        #expect(maxAbsDiff(acc, ref.map { $0 + 1 }) < 1e-5)
+    }
+
+    @Test func layerNormMatchesReference() {
+        let (r, c) = (5, 67)
+        let x = randomFloats(r * c, seed: 4).map { $0 * 3 + 2 }, w = randomFloats(c, seed: 5), b = randomFloats(c, seed: 6)
+        var fast = [Float](repeating: 0, count: r * c), ref = fast
+        layerNorm(x, w, b, &fast, rows: r, cols: c, eps: 1e-5)
+        layerNormReference(x, w, b, &ref, rows: r, cols: c, eps: 1e-5)
+        #expect(maxAbsDiff(fast, ref) < 1e-5)
+    }
+
+    @Test func softmaxMatchesReference() {
+        var a = randomFloats(3 * 29, seed: 7).map { $0 * 20 }
+        var b = a
+        softmaxRows(&a, rows: 3, n: 29)
+        softmaxReference(&b, rows: 3, n: 29)
+        #expect(maxAbsDiff(a, b) < 1e-6)
+    }
+
+    @Test(arguments: [Activation.quickGELU, .gelu, .geluTanh])
+    func activationsMatchReference(_ act: Activation) {
+        var x = randomFloats(101, seed: 8).map { $0 * 6 }
+        let ref = x.map { activationReference($0, act) }
+        activate(&x, count: x.count, act)
+        #expect(maxAbsDiff(x, ref) < 1e-5)
+    }
+
+    @Test(arguments: [false, true])
+    func attentionMatchesReference(_ causal: Bool) {
+        let (t, w, h) = (9, 24, 3)
+        let qkv = randomFloats(t * 3 * w, seed: 9)
+        var fast = [Float](repeating: 0, count: t * w), ref = fast, scores = [Float](repeating: 0, count: t * t)
+        attention(qkv: qkv, out: &fast, scores: &scores, tokens: t, width: w, heads: h, causal: causal)
+        attentionReference(qkv: qkv, out: &ref, tokens: t, width: w, heads: h, causal: causal)
+        #expect(maxAbsDiff(fast, ref) < 1e-5)
+    }
+
+    @Test func bicubicKeepsConstantsAndIdentity() {
+        // Same size: identity. Constant planes stay constant (weights sum to 1).
+        let x = randomFloats(2 * 5 * 5, seed: 10)
+        var same = [Float](repeating: 0, count: x.count)
+        resizeBicubicCHW(x, channels: 2, height: 5, width: 5, &same, outHeight: 5, outWidth: 5)
+        #expect(maxAbsDiff(same, x) < 1e-6)
+        let c = [Float](repeating: 0.25, count: 16)
+        var up = [Float](repeating: 0, count: 7 * 9)
+        resizeBicubicCHW(c, channels: 1, height: 4, width: 4, &up, outHeight: 7, outWidth: 9)
+        #expect(up.allSatisfy { abs($0 - 0.25) < 1e-6 })
+    }
+}
