@@ -9,6 +9,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // C system libraries (Debian: libopenblas-dev libjpeg-dev libpng-dev libutf8proc-dev zlib1g-dev)
@@ -25,7 +26,8 @@ let package = Package(
         ),
         .target(
             name: "ZeroSeg",
-            dependencies: ["CBLAS", "CJPEG", "CPNG", "CUTF8Proc", "CZlib", "CImageShim"],
+            dependencies: ["CBLAS", "CJPEG", "CPNG", "CUTF8Proc", "CZlib", "CImageShim",
+                           .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
         .executableTarget(

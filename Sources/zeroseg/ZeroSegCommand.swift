@@ -11,16 +11,21 @@ struct ZeroSegCommand: ParsableCommand {
         subcommands: [Classify.self, Embed.self, Tokenize.self, Weights.self, Debug.self]
     )
 
-    /// Turns every error into one line on stderr and exit code 1 (ArgumentParser's own usage errors keep theirs).
+    /// Every failure is one line on stderr ("error: ...") and a non-zero exit; --help and
+    /// --version print as usual.
     static func main() {
         do {
             var command = try parseAsRoot()
             try command.run()
         } catch let e as ZeroSegError {
-            FileHandle.standardError.write(Data("error: \(e.message)\n".utf8))
+            printErr("error: \(e.message)")
             Foundation.exit(1)
         } catch {
-            exit(withError: error)
+            let code = exitCode(for: error)
+            if code == .success { exit(withError: error) }
+            let msg = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            printErr("error: \(msg.hasPrefix("Error: ") ? String(msg.dropFirst(7)) : msg)")
+            Foundation.exit(code.rawValue == 0 ? 1 : code.rawValue)
         }
     }
 }
