@@ -18,28 +18,23 @@ public final class CLIPModel: @unchecked Sendable {
     /// Where the model came from (a directory) and whether its weights are synthetic (random).
     public let source: String
     public let isSynthetic: Bool
-    private let file: SafetensorsFile
+    /// Which naming the checkpoint used.
+    public let layout: CheckpointLayout
+    private let file: any TensorSource
     private let owned: [Buffer]
 
-    /// Loads `config.json`, `model.safetensors`, `vocab.json` + `merges.txt` (else the bundled BPE
-    /// vocabulary) and `preprocessor_config.json` (optional) from a directory.
+    /// Loads a model directory: `config.json` + `model.safetensors` / `pytorch_model.bin`, or
+    /// `open_clip_config.json` + `open_clip_model.safetensors` / `open_clip_pytorch_model.bin`
+    /// (first found in `CheckpointFiles.preference`); `vocab.json` + `merges.txt` (else the bundled
+    /// BPE vocabulary); `preprocessor_config.json` (optional).
     public init(directory: URL) throws {
         let fm = FileManager.default
-        var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: directory.path, isDirectory: &isDir), isDir.boolValue else {
-            throw ZeroSegError("model directory \(directory.path) does not exist")
-        }
-        let configURL = directory.appendingPathComponent("config.json")
-        guard fm.fileExists(atPath: configURL.path) else {
-            throw ZeroSegError("model directory \(directory.path) has no config.json")
-        }
-        config = try CLIPConfig.load(configURL)
-        let weightsURL = directory.appendingPathComponent("model.safetensors")
-        guard fm.fileExists(atPath: weightsURL.path) else {
-            throw ZeroSegError("model directory \(directory.path) has no model.safetensors")
-        }
-        file = try SafetensorsFile(path: weightsURL.path)
-        let r = WeightReader(file)
+        let files = try CheckpointFiles(directory: directory)
+        config = files.config
+        preprocessor = files.preprocessor
+        layout = files.layout
+        file = try files.open()
+        let r = WeightReader(file, layout: files.layout)
         textModel = try TextModel(r, config.text)
         visionModel = try VisionModel(r, config.vision)
         textProjection = try r.take("text_projection.weight", [config.projectionDim, config.text.hiddenSize])
@@ -47,8 +42,6 @@ public final class CLIPModel: @unchecked Sendable {
         logitScale = try r.take("logit_scale", [])[0]
         try r.finish()
         owned = r.owned
-        preprocessor = try PreprocessorConfig.load(directory.appendingPathComponent("preprocessor_config.json"),
-                                                   imageSize: config.vision.imageSize)
         let vocab = directory.appendingPathComponent("vocab.json"), merges = directory.appendingPathComponent("merges.txt")
         if fm.fileExists(atPath: vocab.path) || fm.fileExists(atPath: merges.path) {
             tokenizer = try Tokenizer(vocabJSON: vocab, merges: merges)
@@ -59,7 +52,7 @@ public final class CLIPModel: @unchecked Sendable {
             throw ZeroSegError("tokenizer has \(tokenizer.vocabularySize) tokens but the model's vocab_size is \(config.text.vocabSize)")
         }
         source = directory.path
-        isSynthetic = file.metadata["zeroseg_synthetic"] != nil
+        isSynthetic = (file as? SafetensorsFile)?.metadata["zeroseg_synthetic"] != nil
     }
 
     // MARK: Text

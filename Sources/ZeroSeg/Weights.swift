@@ -1,14 +1,44 @@
 import Foundation
 
-/// Hands out a checkpoint's tensors by name, strictly: each shape is checked when taken, and
-/// `finish()` names every tensor that was never taken. F32 tensors are used in place (memory-mapped);
-/// F16/BF16 are converted once into owned buffers.
+/// Hands out a checkpoint's tensors by their Hugging Face name (translated through `NameTable`
+/// for OpenCLIP checkpoints), strictly: each shape is checked when taken, and `finish()` names every
+/// tensor that was never taken. F32 tensors are used in place (memory-mapped); F16/BF16 and
+/// transposed tensors are converted once into owned buffers. This is the one place where weight
+/// layouts change.
 final class WeightReader {
     let file: any TensorSource
+    let layout: CheckpointLayout
     private(set) var taken = Set<String>()
     var owned: [Buffer] = []
 
-    init(_ file: any TensorSource) { self.file = file }
+    init(_ file: any TensorSource, layout: CheckpointLayout = .huggingFace) {
+        self.file = file
+        self.layout = layout
+    }
+
+    /// A float tensor of the given shape, by its Hugging Face name.
+    func take(_ hfName: String, _ shape: [Int]) throws -> ConstFloatPtr {
+        guard layout == .openCLIP else { return try takeRaw(hfName, shape) }
+        let name = NameTable.openCLIPName(hfName)
+        guard NameTable.openCLIPTransposed.contains(hfName), shape.count == 2 else { return try takeRaw(name, shape) }
+        // [P, W] wanted; OpenCLIP stores [W, P].
+        let (p, w) = (shape[0], shape[1])
+        let src = try takeRaw(name, [w, p])
+        let b = Buffer(p * w)
+        for i in 0..<p { for j in 0..<w { b.ptr[i * w + j] = src[j * p + i] } }
+        owned.append(b)
+        return ConstFloatPtr(b.ptr)
+    }
+
+    /// q, k, v projections fused into [3W, W] weights and [3W] biases (`prefix` = `....self_attn`).
+    func qkv(_ prefix: String, width w: Int) throws -> (weight: ConstFloatPtr, bias: ConstFloatPtr) {
+        if layout == .openCLIP {
+            let p = NameTable.openCLIPName(prefix).replacingOccurrences(of: ".self_attn", with: ".attn")
+            return (try takeRaw("\(p).in_proj_weight", [3 * w, w]), try takeRaw("\(p).in_proj_bias", [3 * w]))
+        }
+        let names = ["q_proj", "k_proj", "v_proj"]
+        return (try stack(names.map { "\(prefix).\($0).weight" }, [w, w]), try stack(names.map { "\(prefix).\($0).bias" }, [w]))
+    }
 
     private func info(_ name: String, _ shape: [Int]) throws -> TensorInfo {
         guard let info = file.tensors[name] else {
@@ -24,8 +54,8 @@ final class WeightReader {
         return info
     }
 
-    /// A float tensor of the given shape.
-    func take(_ name: String, _ shape: [Int]) throws -> ConstFloatPtr {
+    /// A float tensor of the given shape, by its name in the file.
+    private func takeRaw(_ name: String, _ shape: [Int]) throws -> ConstFloatPtr {
         let info = try info(name, shape)
         let raw = file.rawPointer(info)
         if info.dtype == .f32, Int(bitPattern: raw) % 4 == 0 {
@@ -37,7 +67,7 @@ final class WeightReader {
     }
 
     /// Several tensors of the same trailing shape stacked into one owned buffer (e.g. q, k, v → qkv).
-    func stack(_ names: [String], _ shape: [Int]) throws -> ConstFloatPtr {
+    private func stack(_ names: [String], _ shape: [Int]) throws -> ConstFloatPtr {
         let n = shape.reduce(1, *)
         let b = Buffer(n * names.count)
         for (i, name) in names.enumerated() {
@@ -51,7 +81,7 @@ final class WeightReader {
 
     /// An optional `position_ids` buffer (old transformers checkpoints carry it): must be 0..<n.
     func positionIDs(_ name: String, _ n: Int) throws {
-        guard let info = file.tensors[name] else { return }
+        guard layout == .huggingFace, let info = file.tensors[name] else { return }
         let ids = try file.ints(name)
         guard ids == Array(0..<n), info.shape.reduce(1, *) == n else {
             throw ZeroSegError("tensor \(name) is not the expected 0..<\(n) position ids")
@@ -60,6 +90,8 @@ final class WeightReader {
     }
 
     func finish() throws {
+        // OpenCLIP's causal mask buffer, when a checkpoint carries it, is rebuilt, not read.
+        if layout == .openCLIP, file.tensors["attn_mask"] != nil { taken.insert("attn_mask") }
         let extra = Set(file.tensors.keys).subtracting(taken).sorted()
         if !extra.isEmpty {
             let shown = extra.prefix(5).joined(separator: ", ")
@@ -114,9 +146,7 @@ public struct Attention: @unchecked Sendable {
     public let heads: Int
 
     init(_ r: WeightReader, _ prefix: String, width w: Int, heads: Int) throws {
-        let names = ["q_proj", "k_proj", "v_proj"]
-        let wt = try r.stack(names.map { "\(prefix).\($0).weight" }, [w, w])
-        let b = try r.stack(names.map { "\(prefix).\($0).bias" }, [w])
+        let (wt, b) = try r.qkv(prefix, width: w)
         qkv = Linear(weight: wt, bias: b, out: 3 * w, in: w)
         outProj = try Linear(r, "\(prefix).out_proj", out: w, in: w)
         self.heads = heads
