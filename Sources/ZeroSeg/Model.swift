@@ -18,6 +18,8 @@ public final class CLIPModel: @unchecked Sendable {
     /// Where the model came from (a directory) and whether its weights are synthetic (random).
     public let source: String
     public let isSynthetic: Bool
+    /// Identifies the weights (see `fingerprint(config:weights:)`); keys the class-embedding cache.
+    public let fingerprint: String
     /// Which naming the checkpoint used.
     public let layout: CheckpointLayout
     private let file: any TensorSource
@@ -33,6 +35,7 @@ public final class CLIPModel: @unchecked Sendable {
         config = files.config
         preprocessor = files.preprocessor
         layout = files.layout
+        fingerprint = Self.fingerprint(config: files.config, weights: files.weights)
         file = try files.open()
         let r = WeightReader(file, layout: files.layout)
         textModel = try TextModel(r, config.text)

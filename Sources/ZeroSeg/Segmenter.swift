@@ -1,0 +1,285 @@
+import Foundation
+
+public enum Refinement: String, CaseIterable, Sendable, Codable { case pamr, none }
+
+/// Settings of one-stage segmentation (defaults: NACLIP's published setting).
+public struct SegmentationOptions: Sendable, Equatable {
+    public var method: DenseMethod = .naclip
+    /// Rescale as mmcv's `imrescale` to (2048, shortSide).
+    public var shortSide = 336
+    public var window = 224
+    public var stride = 112
+    public var useWindows = true
+    public var logitScale: Float = 40
+    public var refine: Refinement = .pamr
+    public var pamrIterations = 10
+    public var pamrDilations = [8, 16]
+    /// Pixels whose winning probability is below this are labelled 255.
+    public var threshold: Float = 0
+    public var gaussianStd: Float = 5
+    /// Windows encoded together.
+    public var windowBatch = 8
+    public init() {}
+
+    public func validate() throws {
+        guard shortSide >= 1 && shortSide <= 8192 else { throw ZeroSegError("--short-side must be between 1 and 8192") }
+        guard window >= 1, stride >= 1 else { throw ZeroSegError("--window and --stride must be positive") }
+        guard stride <= window else { throw ZeroSegError("--stride \(stride) is larger than --window \(window): pixels would be left out") }
+        guard logitScale > 0, logitScale.isFinite else { throw ZeroSegError("--logit-scale must be positive") }
+        guard threshold >= 0 && threshold <= 1 else { throw ZeroSegError("--threshold must be between 0 and 1") }
+        guard gaussianStd > 0 else { throw ZeroSegError("the Gaussian std must be positive") }
+    }
+}
+
+/// What `Segmenter.segment` returns.
+public struct SegmentationResult: Sendable {
+    public let width: Int, height: Int
+    /// [H, W]: class index, 255 = background or below threshold.
+    public let labels: [UInt8]
+    /// [C, H, W] per-class probabilities (max over synonyms; background excluded), only when asked.
+    public let scores: [Float]?
+    /// Per class: fraction of pixels labelled with it, and the mean winning probability over them.
+    public let areaFraction: [Double]
+    public let meanScore: [Double]
+    /// Seconds per stage.
+    public let timings: [String: Double]
+}
+
+/// Intermediate maps of one image (for tests and the reference check).
+public struct SegmentationInternals: Sendable {
+    /// [Q, H, W] averaged window logits at the original size, before refinement.
+    public var rawLogits: [Float]
+    /// [Q, H, W] after PAMR (nil without refinement).
+    public var refinedLogits: [Float]?
+    /// [3, Hs, Ws] the normalised rescaled image.
+    public var rescaled: [Float]
+    public var rescaledWidth: Int, rescaledHeight: Int
+    public var windows: [(y1: Int, x1: Int, y2: Int, x2: Int)]
+}
+
+/// One-stage zero-shot segmentation: dense CLIP patch embeddings against class text embeddings,
+/// sliding windows, PAMR refinement (SCLIP / NACLIP protocol).
+public final class Segmenter: @unchecked Sendable {
+    public let model: CLIPModel
+    public let options: SegmentationOptions
+    public let threads: Int
+
+    public init(model: CLIPModel, options: SegmentationOptions = SegmentationOptions(), threads: Int = defaultThreads) throws {
+        try options.validate()
+        self.model = model
+        self.options = options
+        self.threads = threads
+    }
+
+    // MARK: Text
+
+    /// Query embeddings [Q, P]: for each name, the L2-normalised embeddings of every template,
+    /// averaged and re-normalised. With a cache, names already encoded are read from disk.
+    public func queryEmbeddings(_ set: ClassSet, templates: [String], cache: TextEmbeddingCache? = nil) throws -> [[Float]] {
+        let names = set.queries.map(\.name)
+        var out = [[Float]?](repeating: nil, count: names.count)
+        if let cache { for (i, n) in names.enumerated() { out[i] = cache.load(name: n, templates: templates) } }
+        let missing = names.indices.filter { out[$0] == nil }
+        if !missing.isEmpty {
+            let prompts = missing.flatMap { i in templates.map { Templates.fill($0, names[i]) } }
+            let emb = try model.encodeText(prompts, normalize: true, threads: threads)
+            for (j, i) in missing.enumerated() {
+                var mean = [Float](repeating: 0, count: model.config.projectionDim)
+                for t in 0..<templates.count { for (k, v) in emb[j * templates.count + t].enumerated() { mean[k] += v } }
+                for k in mean.indices { mean[k] /= Float(templates.count) }
+                l2Normalize(&mean)
+                out[i] = mean
+                cache?.store(mean, name: names[i], templates: templates)
+            }
+        }
+        return out.map { $0! }
+    }
+
+    // MARK: Image
+
+    /// mmcv `imrescale` to (2048, S): factor min(2048/long, S/short), size int(x·f + 0.5).
+    public static func rescaledSize(width w: Int, height h: Int, shortSide s: Int) -> (width: Int, height: Int) {
+        let f = min(2048.0 / Double(max(w, h)), Double(s) / Double(min(w, h)))
+        return (max(1, Int(Double(w) * f + 0.5)), max(1, Int(Double(h) * f + 0.5)))
+    }
+
+    /// Window placement of SCLIP / NACLIP `forward_slide`.
+    public static func windows(height h: Int, width w: Int, window c: Int, stride s: Int) -> [(y1: Int, x1: Int, y2: Int, x2: Int)] {
+        let hg = max(h - c + s - 1, 0) / s + 1, wg = max(w - c + s - 1, 0) / s + 1
+        var out: [(Int, Int, Int, Int)] = []
+        for hi in 0..<hg {
+            for wi in 0..<wg {
+                var y1 = hi * s, x1 = wi * s
+                let y2 = min(y1 + c, h), x2 = min(x1 + c, w)
+                y1 = max(y2 - c, 0); x1 = max(x2 - c, 0)
+                out.append((y1, x1, y2, x2))
+            }
+        }
+        return out
+    }
+
+    /// Segments one image with the given query embeddings (from `queryEmbeddings`).
+    public func segment(_ image: RGBImage, classes set: ClassSet, queries: [[Float]], wantScores: Bool = false) throws -> SegmentationResult {
+        var timings: [String: Double] = [:]
+        let (internals, logitsT) = try logits(image, queries: queries, keepRaw: false, timings: &timings)
+        let t0 = Date()
+        let r = finish(logits: internals.refinedLogits ?? internals.rawLogits, width: image.width, height: image.height,
+                       set: set, wantScores: wantScores)
+        timings["scores"] = Date().timeIntervalSince(t0)
+        timings.merge(logitsT) { a, _ in a }
+        return SegmentationResult(width: image.width, height: image.height, labels: r.labels, scores: r.scores,
+                                  areaFraction: r.area, meanScore: r.mean, timings: timings)
+    }
+
+    /// Logits at the original size (averaged windows, then refined): everything before the softmax.
+    public func logits(_ image: RGBImage, queries: [[Float]], keepRaw: Bool = true) throws -> SegmentationInternals {
+        var t: [String: Double] = [:]
+        return try logits(image, queries: queries, keepRaw: keepRaw, timings: &t).0
+    }
+
+    func logits(_ image: RGBImage, queries: [[Float]], keepRaw: Bool, timings: inout [String: Double]) throws -> (SegmentationInternals, [String: Double]) {
+        guard !queries.isEmpty else { throw ZeroSegError("no queries") }
+        let o = options, p = model.config.vision.patchSize
+        var clock = Date()
+        func lap(_ name: String) { let now = Date(); timings[name, default: 0] += now.timeIntervalSince(clock); clock = now }
+        // Rescale (float bilinear) and normalise: [3, Hs, Ws].
+        let (ws, hs) = Self.rescaledSize(width: image.width, height: image.height, shortSide: o.shortSide)
+        let resized = (ws == image.width && hs == image.height) ? image : resizeBilinear(image, width: ws, height: hs)
+        let pre = CLIPPreprocessor(size: model.preprocessor.shortestEdge, cropSize: model.preprocessor.cropSize,
+                                   mean: model.preprocessor.mean, std: model.preprocessor.std)
+        let norm = pre.normalizeOnly(resized)
+        guard hs >= p, ws >= p else {
+            throw ZeroSegError("image of \(image.width)x\(image.height) rescales to \(ws)x\(hs), smaller than one \(p)-pixel patch")
+        }
+        lap("preprocess")
+        let q = queries.count, dim = model.config.projectionDim
+        let qbuf = Buffer(queries.flatMap { $0 })  // [Q, P]
+        let preds = Buffer(zeros: q * hs * ws)      // [Q, Hs, Ws]
+        let wins: [(y1: Int, x1: Int, y2: Int, x2: Int)]
+        if o.useWindows {
+            wins = Self.windows(height: hs, width: ws, window: o.window, stride: o.stride)
+        } else {
+            wins = [(0, 0, hs, ws)]
+        }
+        let count = Buffer(zeros: hs * ws)
+        // Windows of one size are encoded together, in batches.
+        var i = 0
+        while i < wins.count {
+            let (ch, cw) = (wins[i].y2 - wins[i].y1, wins[i].x2 - wins[i].x1)
+            var j = i
+            while j < wins.count && j - i < max(1, o.windowBatch) && wins[j].y2 - wins[j].y1 == ch && wins[j].x2 - wins[j].x1 == cw { j += 1 }
+            let nb = j - i
+            let px = Buffer(nb * 3 * ch * cw)
+            for (bi, win) in wins[i..<j].enumerated() {
+                for c in 0..<3 {
+                    for y in 0..<ch {
+                        norm.withUnsafeBufferPointer { src in
+                            (px.ptr + ((bi * 3 + c) * ch + y) * cw).update(from: src.baseAddress! + (c * hs + win.y1 + y) * ws + win.x1, count: cw)
+                        }
+                    }
+                }
+            }
+            let (emb, gh, gw) = try model.densePatchEmbeddings(pixels: px.ptr, batch: nb, height: ch, width: cw,
+                                                               method: o.method, gaussianStd: o.gaussianStd, threads: threads)
+            lap("image_encoder")
+            let g = gh * gw
+            let lg = Buffer(q * g), up = Buffer(q * ch * cw)
+            for (bi, win) in wins[i..<j].enumerated() {
+                // lg[Q, g] = queries · patchesᵀ
+                gemmNT(qbuf.ptr, lda: dim, emb.ptr + bi * g * dim, ldb: dim, lg.ptr, ldc: g, m: q, n: g, k: dim)
+                resizeBilinearCHW(lg.ptr, channels: q, height: gh, width: gw, up.ptr, outHeight: ch, outWidth: cw)
+                for c in 0..<q {
+                    for y in 0..<ch {
+                        let dst = preds.ptr + (c * hs + win.y1 + y) * ws + win.x1, src = up.ptr + (c * ch + y) * cw
+                        for x in 0..<cw { dst[x] += src[x] }
+                    }
+                }
+                for y in win.y1..<win.y2 { for x in win.x1..<win.x2 { count.ptr[y * ws + x] += 1 } }
+            }
+            withExtendedLifetime((px, emb, lg, up)) {}
+            lap("head")
+            i = j
+        }
+        for c in 0..<q { for k in 0..<(hs * ws) { preds.ptr[c * hs * ws + k] /= count.ptr[k] } }
+        // To the original size.
+        let (h, w) = (image.height, image.width)
+        var raw = [Float](repeating: 0, count: q * h * w)
+        raw.withUnsafeMutableBufferPointer { resizeBilinearCHW(preds.ptr, channels: q, height: hs, width: ws, $0.baseAddress!, outHeight: h, outWidth: w) }
+        lap("head")
+        var refined: [Float]? = nil
+        if o.refine == .pamr {
+            var guide = [Float](repeating: 0, count: 3 * h * w)
+            norm.withUnsafeBufferPointer { src in
+                guide.withUnsafeMutableBufferPointer { resizeBilinearCHW(src.baseAddress!, channels: 3, height: hs, width: ws, $0.baseAddress!, outHeight: h, outWidth: w) }
+            }
+            let pamr = PAMR(guide: guide, height: h, width: w, dilations: o.pamrDilations)
+            refined = pamr.refine(raw, channels: q, iterations: o.pamrIterations)
+            if !keepRaw { raw = [] }
+            lap("refine")
+        }
+        withExtendedLifetime((qbuf, preds, count)) {}
+        let internals = SegmentationInternals(rawLogits: raw, refinedLogits: refined, rescaled: norm,
+                                              rescaledWidth: ws, rescaledHeight: hs, windows: wins)
+        return (internals, timings)
+    }
+
+    /// Scores and labels from logits [Q, H, W]: ×logit scale, softmax over queries, max over each
+    /// class's names, argmax; background or below-threshold pixels → 255.
+    public func finish(logits: [Float], width w: Int, height h: Int, set: ClassSet, wantScores: Bool)
+        -> (labels: [UInt8], scores: [Float]?, area: [Double], mean: [Double]) {
+        let owners = set.queries.map(\.owner)
+        let q = owners.count, nc = set.classes.count, hasBg = !set.background.isEmpty
+        let hw = h * w
+        var labels = [UInt8](repeating: 255, count: hw)
+        var scores: [Float]? = wantScores ? [Float](repeating: 0, count: nc * hw) : nil
+        var area = [Double](repeating: 0, count: nc), sum = [Double](repeating: 0, count: nc)
+        var e = [Float](repeating: 0, count: q), cls = [Float](repeating: 0, count: nc + 1)
+        let scale = options.logitScale, thr = options.threshold
+        logits.withUnsafeBufferPointer { lp in
+            for px in 0..<hw {
+                var mx = -Float.infinity
+                for k in 0..<q { e[k] = lp[k * hw + px] * scale; mx = max(mx, e[k]) }
+                var s: Float = 0
+                for k in 0..<q { e[k] = expf(e[k] - mx); s += e[k] }
+                for c in 0...nc { cls[c] = -Float.infinity }
+                for k in 0..<q { let v = e[k] / s; if v > cls[owners[k]] { cls[owners[k]] = v } }
+                var best = 0
+                for c in 1..<(nc + (hasBg ? 1 : 0)) where cls[c] > cls[best] { best = c }
+                if scores != nil { for c in 0..<nc { scores![c * hw + px] = cls[c] } }
+                if best < nc && cls[best] >= thr {
+                    labels[px] = UInt8(best)
+                    area[best] += 1
+                    sum[best] += Double(cls[best])
+                }
+            }
+        }
+        let mean = zip(sum, area).map { $1 > 0 ? $0 / $1 : 0 }
+        return (labels, scores, area.map { $0 / Double(hw) }, mean)
+    }
+}
+
+/// Bilinear resize of x[C, H, W] to out[C, OH, OW] as torch's `interpolate(mode="bilinear",
+/// align_corners=False)` with an output size.
+public func resizeBilinearCHW(_ x: ConstFloatPtr, channels: Int, height h: Int, width w: Int,
+                              _ out: FloatPtr, outHeight oh: Int, outWidth ow: Int) {
+    let sh = Float(h) / Float(oh), sw = Float(w) / Float(ow)
+    var x0 = [Int](repeating: 0, count: ow), x1 = x0
+    var lx0 = [Float](repeating: 0, count: ow), lx1 = lx0
+    for ox in 0..<ow {
+        let src = max(sw * (Float(ox) + 0.5) - 0.5, 0)
+        let i0 = min(Int(src), w - 1)
+        x0[ox] = i0; x1[ox] = i0 + (i0 < w - 1 ? 1 : 0)
+        lx1[ox] = src - Float(i0); lx0[ox] = 1 - lx1[ox]
+    }
+    for oy in 0..<oh {
+        let src = max(sh * (Float(oy) + 0.5) - 0.5, 0)
+        let y0 = min(Int(src), h - 1), y1 = y0 + (y0 < h - 1 ? 1 : 0)
+        let ly1 = src - Float(y0), ly0 = 1 - ly1
+        for c in 0..<channels {
+            let r0 = x + (c * h + y0) * w, r1 = x + (c * h + y1) * w, o = out + (c * oh + oy) * ow
+            for ox in 0..<ow {
+                o[ox] = ly0 * (lx0[ox] * r0[x0[ox]] + lx1[ox] * r0[x1[ox]]) + ly1 * (lx0[ox] * r1[x0[ox]] + lx1[ox] * r1[x1[ox]])
+            }
+        }
+    }
+}
