@@ -70,9 +70,11 @@ public final class CLIPModel: @unchecked Sendable {
         try encodeTokens(tokenize(texts), normalize: normalize, threads: threads)
     }
 
-    /// Projected embeddings of token sequences [n][P]. Sequences are not padded: those of equal
-    /// length run as one batch (the text transformer is causal, so this is exact). The pooled token
-    /// is the first end token (`eos_token_id`), else the last token.
+    /// Projected embeddings of token sequences [n][P]. The pooled token is the first end token
+    /// (`eos_token_id`), else the last token. Sequences that end with their end token take the fast
+    /// path (`encodeTokensShared`: shared prefixes, ragged rows); the others, and any call with a
+    /// `record`er, the reference path below: no padding, sequences of equal length batched (the
+    /// text transformer is causal, so both are exact).
     public func encodeTokens(_ ids: [[Int32]], normalize: Bool = true, threads: Int = defaultThreads,
                              record: StageRecorder? = nil) throws -> [[Float]] {
         setBLASThreads(threads)
@@ -84,6 +86,9 @@ public final class CLIPModel: @unchecked Sendable {
             if let bad = seq.first(where: { $0 < 0 || Int($0) >= c.vocabSize }) {
                 throw ZeroSegError("token id \(bad) is outside the vocabulary (\(c.vocabSize))")
             }
+        }
+        if record == nil, ids.allSatisfy({ $0.firstIndex(of: Int32(c.eosTokenId)) == $0.count - 1 }) {
+            return encodeTokensShared(ids, normalize: normalize)
         }
         var result = [[Float]](repeating: [], count: ids.count)
         let groups = Dictionary(grouping: ids.indices, by: { ids[$0].count })

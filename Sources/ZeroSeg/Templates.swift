@@ -105,5 +105,5 @@ public enum Templates {
         }
     }
 
-    static func fill(_ template: String, _ name: String) -> String { template.replacingOccurrences(of: "{}", with: name) }
+    public static func fill(_ template: String, _ name: String) -> String { template.replacingOccurrences(of: "{}", with: name) }
 }

@@ -53,6 +53,18 @@ import ZeroSeg
         #expect(model.isSynthetic)
     }
 
+    /// The fast text path (shared template prefixes, ragged rows, last layer on the end token only)
+    /// equals the reference path (every sequence whole) on templates x names.
+    @Test func sharedPrefixTextPathEqualsReference() throws {
+        let model = try CLIPModel(directory: Self.tinyDir)
+        let names = ["cat", "grass", "traffic light", "sign symbol", "a", "pavement"]
+        let prompts = Templates.imagenet80.prefix(20).flatMap { t in names.map { Templates.fill(t, $0) } } + ["x", ""]
+        let ids = model.tokenize(prompts)
+        let fast = try model.encodeTokens(ids, normalize: false)
+        let ref = try model.encodeTokens(ids, normalize: false, record: { _, _, _ in })
+        for (a, b) in zip(fast, ref) { #expect(maxAbsDiff(a, b) < 1e-5) }
+    }
+
     /// Strict loading: a missing, an extra, or a mis-shaped tensor is named in the error.
     @Test func strictLoading() throws {
         let cfg = SyntheticArch.tiny.config
