@@ -90,8 +90,11 @@ public struct CheckpointFiles: Sendable {
         }
     }
 
-    /// `open_clip_config.json` (`model_cfg` + `preprocess_cfg`) as a CLIPConfig. Only the standard
-    /// CLIP ViT tower is supported; options that change the architecture are refused.
+    /// `open_clip_config.json` (`model_cfg` + `preprocess_cfg`, as the hub's OpenCLIP repositories have it) as a
+    /// CLIPConfig. Only OpenCLIP's standard `CLIP` with ViT towers (open_clip 3.3.0's `VisionTransformer` and
+    /// `TextTransformer`, its default tokenizer) is supported: every option that changes the architecture, the
+    /// pooling or the tokenizer is refused by name, rather than loaded into a model that would compute
+    /// something else.
     static func openCLIPConfig(_ url: URL) throws -> (CLIPConfig, PreprocessorConfig) {
         let name = url.lastPathComponent
         guard let data = FileManager.default.contents(atPath: url.path),
@@ -99,53 +102,117 @@ public struct CheckpointFiles: Sendable {
               let m = root["model_cfg"] as? [String: Any],
               let v = m["vision_cfg"] as? [String: Any], let t = m["text_cfg"] as? [String: Any]
         else { throw ZeroSegError("\(name) has no model_cfg with vision_cfg and text_cfg") }
-        func int(_ d: [String: Any], _ k: String, _ def: Int? = nil) throws -> Int {
-            if let n = d[k] as? NSNumber { return n.intValue }
-            if let def, d[k] == nil || d[k] is NSNull { return def }
-            throw ZeroSegError("\(name): \(k) is missing or not a number")
+        // JSON true/false arrive as NSNumber too (of the boolean class): told apart so that `true` is no number.
+        let boolClass: AnyClass = type(of: NSNumber(value: true))
+        func isBool(_ x: Any?) -> Bool { (x as? NSNumber).map { type(of: $0) == boolClass } ?? false }
+        func isNumber(_ x: Any?) -> NSNumber? {
+            guard let n = x as? NSNumber, !isBool(n) else { return nil }
+            return n
         }
-        for (d, keys) in [(v, ["timm_model_name", "hf_model_name", "ls_init_value", "attentional_pool", "input_patchnorm", "no_ln_pre", "final_ln_after_pool", "act_kwargs", "norm_kwargs"]),
-                          (t, ["hf_model_name", "ls_init_value", "no_causal_mask", "proj_bias", "act_kwargs", "norm_kwargs", "embed_cls"])] {
-            for k in keys where d[k] != nil && !(d[k] is NSNull) && (d[k] as? Bool) != false {
-                throw ZeroSegError("\(name): \(k) is not supported (only standard CLIP ViT towers)")
+        func int(_ d: [String: Any], _ k: String, _ def: Int? = nil) throws -> Int {
+            if let n = isNumber(d[k]), n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 1e9 { return n.intValue }
+            if let def, d[k] == nil || d[k] is NSNull { return def }
+            throw ZeroSegError("\(name): \(k) is missing or not a whole number")
+        }
+        func ratio(_ d: [String: Any]) throws -> Double {
+            guard let r = d["mlp_ratio"], !(r is NSNull) else { return 4 }
+            guard let n = isNumber(r), n.doubleValue > 0 else { throw ZeroSegError("\(name): mlp_ratio is not a positive number") }
+            return n.doubleValue
+        }
+        /// Set: not absent, null, false, or an empty object.
+        func isSet(_ x: Any?) -> Bool {
+            guard let x, !(x is NSNull) else { return false }
+            if isBool(x) { return (x as! NSNumber).boolValue }
+            if let d = x as? [String: Any] { return !d.isEmpty }
+            return true
+        }
+        func refuse(_ what: String) -> ZeroSegError {
+            ZeroSegError("\(name): \(what) is not supported (only OpenCLIP's standard CLIP with ViT towers and its default tokenizer)")
+        }
+        // Whole-model options: CustomTextCLIP (`text.` names), CoCa, SigLIP's logit bias.
+        for k in ["custom_text", "multimodal_cfg", "init_logit_bias", "nonscalar_logit_scale"] where isSet(m[k]) {
+            throw refuse("model_cfg.\(k)")
+        }
+        // Per-tower options that change the architecture (open_clip 3.3.0's CLIPVisionCfg / CLIPTextCfg).
+        let custom = ["block_type", "qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc",
+                      "ls_init_value", "act_kwargs", "norm_kwargs", "final_ln_after_pool"]
+        for (tower, d, keys) in [("vision_cfg", v, custom + ["timm_model_name", "hf_model_name", "attentional_pool", "input_patchnorm", "no_ln_pre"]),
+                                 ("text_cfg", t, custom + ["hf_model_name", "hf_tokenizer_name", "tokenizer_mode", "tokenizer_kwargs",
+                                                           "no_causal_mask", "proj_bias", "embed_cls"])] {
+            for k in keys where isSet(d[k]) {
+                // block_type "default" is the standard block
+                if k == "block_type", d[k] as? String == "default" { continue }
+                throw refuse("\(tower).\(k)")
             }
         }
-        if let pool = v["pool_type"] as? String, pool != "tok" { throw ZeroSegError("\(name): vision pool_type \(pool) is not supported") }
-        if let pool = t["pool_type"] as? String, pool != "argmax", pool != "last" {
-            throw ZeroSegError("\(name): text pool_type \(pool) is not supported")
+        if v["layers"] is [Any] { throw refuse("a ResNet image tower (vision_cfg.layers is a list)") }
+        if let pool = v["pool_type"], !(pool is NSNull), pool as? String != "tok" { throw refuse("vision_cfg.pool_type \(pool)") }
+        if let pe = v["pos_embed_type"], !(pe is NSNull), pe as? String != "learnable" { throw refuse("vision_cfg.pos_embed_type \(pe)") }
+        // Text pooling: zeroseg never pads, and pools the end token (the highest id: open_clip's "argmax").
+        // "last" pools the last *padded* position in open_clip, "eos" a tokenizer-specific id: both refused.
+        if let pool = t["pool_type"], !(pool is NSNull), pool as? String != "argmax" { throw refuse("text_cfg.pool_type \(pool)") }
+        if let pt = t["proj_type"], !(pt is NSNull), pt as? String != "linear" { throw refuse("text_cfg.proj_type \(pt)") }
+        /// image_size / patch_size: a number, or a square [n, n].
+        func side(_ k: String) throws -> Int {
+            if let a = v[k] as? [Any] {
+                guard a.count == 2, let h = isNumber(a[0])?.intValue, let w = isNumber(a[1])?.intValue else {
+                    throw ZeroSegError("\(name): vision_cfg.\(k) is not a number or a pair of numbers")
+                }
+                guard h == w else { throw refuse("a non-square vision_cfg.\(k) \(h)x\(w)") }
+                return h
+            }
+            return try int(v, k)
         }
         var c = CLIPConfig()
-        let act: Activation = (m["quick_gelu"] as? Bool ?? false) ? .quickGELU : .gelu
+        let quick = m["quick_gelu"]
+        guard quick == nil || quick is NSNull || isBool(quick) else {
+            throw ZeroSegError("\(name): quick_gelu is not true or false")
+        }
+        let act: Activation = isSet(quick) ? .quickGELU : .gelu
         c.projectionDim = try int(m, "embed_dim")
-        c.vision.imageSize = try int(v, "image_size")
-        c.vision.patchSize = try int(v, "patch_size")
+        c.vision.imageSize = try side("image_size")
+        c.vision.patchSize = try side("patch_size")
         c.vision.hiddenSize = try int(v, "width")
         c.vision.numHiddenLayers = try int(v, "layers")
-        c.vision.numAttentionHeads = c.vision.hiddenSize / (try int(v, "head_width", 64))
-        c.vision.intermediateSize = Int(Double(c.vision.hiddenSize) * ((v["mlp_ratio"] as? NSNumber)?.doubleValue ?? 4))
+        let headWidth = try int(v, "head_width", 64)
+        guard headWidth > 0, c.vision.hiddenSize % headWidth == 0 else {
+            throw ZeroSegError("\(name): vision_cfg.width \(c.vision.hiddenSize) is not a multiple of head_width \(headWidth)")
+        }
+        c.vision.numAttentionHeads = c.vision.hiddenSize / headWidth
+        c.vision.intermediateSize = Int(Double(c.vision.hiddenSize) * (try ratio(v)))  // int(width * mlp_ratio), as open_clip
         c.vision.hiddenAct = act
         c.text.hiddenSize = try int(t, "width")
         c.text.numHiddenLayers = try int(t, "layers")
         c.text.numAttentionHeads = try int(t, "heads", 8)
-        c.text.intermediateSize = Int(Double(c.text.hiddenSize) * ((t["mlp_ratio"] as? NSNumber)?.doubleValue ?? 4))
+        c.text.intermediateSize = Int(Double(c.text.hiddenSize) * (try ratio(t)))
         c.text.maxPositionEmbeddings = try int(t, "context_length", 77)
         c.text.vocabSize = try int(t, "vocab_size", 49408)
         c.text.hiddenAct = act
         try c.validate(source: name)
         var p = PreprocessorConfig(imageSize: c.vision.imageSize)
         if let pc = root["preprocess_cfg"] as? [String: Any] {
-            if let mean = pc["mean"] as? [NSNumber], mean.count == 3 { p.mean = mean.map { $0.floatValue } }
-            if let std = pc["std"] as? [NSNumber], std.count == 3 { p.std = std.map { $0.floatValue } }
-            if let mode = pc["resize_mode"] as? String, mode != "shortest" {
-                throw ZeroSegError("\(name): resize_mode \(mode) is not supported")
+            for (k, dst) in [("mean", \PreprocessorConfig.mean), ("std", \PreprocessorConfig.std)] {
+                guard let x = pc[k], !(x is NSNull) else { continue }
+                guard let a = x as? [Any], a.count == 3, case let nums = a.compactMap({ isNumber($0)?.floatValue }), nums.count == 3,
+                      k == "mean" || nums.allSatisfy({ $0 > 0 }) else {
+                    throw ZeroSegError("\(name): preprocess_cfg.\(k) is not three \(k == "std" ? "positive " : "")numbers")
+                }
+                p[keyPath: dst] = nums
+            }
+            if let mode = pc["resize_mode"], !(mode is NSNull), mode as? String != "shortest" {
+                throw ZeroSegError("\(name): preprocess_cfg.resize_mode \(mode) is not supported (zeroseg resizes the shortest side, then crops the centre)")
+            }
+            if let interp = pc["interpolation"], !(interp is NSNull), interp as? String != "bicubic" {
+                throw ZeroSegError("\(name): preprocess_cfg.interpolation \(interp) is not supported (zeroseg resizes bicubic)")
             }
         }
         return (c, p)
     }
 
-    /// Opens the weights file as named tensors.
+    /// Opens the weights file as named tensors: safetensors, or a PyTorch checkpoint (`*.bin`, read by the
+    /// restricted unpickler of TorchCheckpoint, which never runs code from the file).
     func open() throws -> any TensorSource {
         if weights.pathExtension == "safetensors" { return try SafetensorsFile(path: weights.path) }
-        throw ZeroSegError("PyTorch checkpoints (\(weights.lastPathComponent)) are not supported yet") // TorchCheckpoint
+        return try TorchCheckpoint(path: weights.path)
     }
 }
