@@ -119,16 +119,97 @@ public final class Segmenter: @unchecked Sendable {
     }
 
     /// Segments one image with the given query embeddings (from `queryEmbeddings`).
-    public func segment(_ image: RGBImage, classes set: ClassSet, queries: [[Float]], wantScores: Bool = false) throws -> SegmentationResult {
+    ///
+    /// Memory stays bounded for large images and many classes: the averaged window logits are kept
+    /// at the rescaled size; at the original size the queries are taken `queryChunk` at a time
+    /// (resized, refined with PAMR affinities computed once), and each pixel keeps only its best
+    /// query and a running log-sum-exp. Softmax then max over a class's names equals the softmax
+    /// value of the class's best name, so labels and winning values are those of `finish(logits:...)`
+    /// on the full [Q, H, W] logits (see the test `streamedSegmentEqualsFullLogits`). The full
+    /// [C, H, W] array is built only when `wantScores` is set.
+    public func segment(_ image: RGBImage, classes set: ClassSet, queries: [[Float]], wantScores: Bool = false,
+                        queryChunk: Int = 8) throws -> SegmentationResult {
+        guard queries.count == set.queries.count else {
+            throw ZeroSegError("\(queries.count) query embeddings for \(set.queries.count) class names")
+        }
         var timings: [String: Double] = [:]
-        let (internals, logitsT) = try logits(image, queries: queries, keepRaw: false, timings: &timings)
-        let t0 = Date()
-        let r = finish(logits: internals.refinedLogits ?? internals.rawLogits, width: image.width, height: image.height,
-                       set: set, wantScores: wantScores)
-        timings["scores"] = Date().timeIntervalSince(t0)
-        timings.merge(logitsT) { a, _ in a }
-        return SegmentationResult(width: image.width, height: image.height, labels: r.labels, scores: r.scores,
-                                  areaFraction: r.area, meanScore: r.mean, timings: timings)
+        let win = try windowLogits(image, queries: queries, timings: &timings)
+        var clock = Date()
+        func lap(_ name: String) { let now = Date(); timings[name, default: 0] += now.timeIntervalSince(clock); clock = now }
+        let (h, w) = (image.height, image.width), hw = h * w
+        let owners = set.queries.map(\.owner), q = owners.count, nc = set.classes.count
+        let pamr = options.refine == .pamr ? makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h) : nil
+        lap("refine")
+        let scale = options.logitScale
+        var best = [Float](repeating: -.infinity, count: hw)      // best scaled logit
+        var owner = [UInt8](repeating: 0, count: hw)              // class (or background = nc) of the best query
+        var lseMax = [Float](repeating: -.infinity, count: hw), lseSum = [Float](repeating: 0, count: hw)
+        var classMax: [Float]? = wantScores ? [Float](repeating: -.infinity, count: nc * hw) : nil
+        let chunk = max(1, queryChunk)
+        var chunkBuf = [Float](repeating: 0, count: min(chunk, q) * hw)
+        var start = 0
+        while start < q {
+            let n = min(chunk, q - start)
+            chunkBuf.withUnsafeMutableBufferPointer {
+                resizeBilinearCHW(win.logits.ptr + start * win.height * win.width, channels: n, height: win.height, width: win.width,
+                                  $0.baseAddress!, outHeight: h, outWidth: w)
+            }
+            lap("head")
+            var part = chunkBuf
+            if let pamr {
+                part = pamr.refine(chunkBuf.count == n * hw ? chunkBuf : Array(chunkBuf[0..<(n * hw)]), channels: n, iterations: options.pamrIterations)
+                lap("refine")
+            }
+            for k in 0..<n {
+                let o = owners[start + k]
+                part.withUnsafeBufferPointer { pp in
+                    let src = pp.baseAddress! + k * hw
+                    for px in 0..<hw {
+                        let v = src[px] * scale
+                        if v > best[px] { best[px] = v; owner[px] = UInt8(o) }
+                        if v > lseMax[px] { lseSum[px] = lseSum[px] * expf(lseMax[px] - v) + 1; lseMax[px] = v }
+                        else { lseSum[px] += expf(v - lseMax[px]) }
+                    }
+                }
+                if o < nc, classMax != nil {
+                    part.withUnsafeBufferPointer { pp in
+                        let src = pp.baseAddress! + k * hw
+                        classMax!.withUnsafeMutableBufferPointer { cm in
+                            for px in 0..<hw { let v = src[px] * scale; if v > cm[o * hw + px] { cm[o * hw + px] = v } }
+                        }
+                    }
+                }
+            }
+            lap("scores")
+            start += n
+        }
+        var labels = [UInt8](repeating: 255, count: hw)
+        var area = [Double](repeating: 0, count: nc), sum = [Double](repeating: 0, count: nc)
+        let thr = options.threshold
+        for px in 0..<hw {
+            let o = Int(owner[px])
+            let value = expf(best[px] - lseMax[px]) / lseSum[px]
+            if o < nc && value >= thr { labels[px] = UInt8(o); area[o] += 1; sum[o] += Double(value) }
+        }
+        var scores: [Float]? = nil
+        if var cm = classMax {
+            for c in 0..<nc { for px in 0..<hw { cm[c * hw + px] = expf(cm[c * hw + px] - lseMax[px]) / lseSum[px] } }
+            scores = cm
+        }
+        lap("scores")
+        withExtendedLifetime(win.logits) {}
+        return SegmentationResult(width: w, height: h, labels: labels, scores: scores,
+                                  areaFraction: area.map { $0 / Double(hw) },
+                                  meanScore: zip(sum, area).map { $1 > 0 ? $0 / $1 : 0 }, timings: timings)
+    }
+
+    /// PAMR for an image: guide = the normalised rescaled image bilinearly resized to the original size.
+    func makePAMR(_ norm: [Float], rescaledWidth ws: Int, rescaledHeight hs: Int, width w: Int, height h: Int) -> PAMR {
+        var guide = [Float](repeating: 0, count: 3 * h * w)
+        norm.withUnsafeBufferPointer { src in
+            guide.withUnsafeMutableBufferPointer { resizeBilinearCHW(src.baseAddress!, channels: 3, height: hs, width: ws, $0.baseAddress!, outHeight: h, outWidth: w) }
+        }
+        return PAMR(guide: guide, height: h, width: w, dilations: options.pamrDilations)
     }
 
     /// Logits at the original size (averaged windows, then refined): everything before the softmax.
@@ -137,7 +218,16 @@ public final class Segmenter: @unchecked Sendable {
         return try logits(image, queries: queries, keepRaw: keepRaw, timings: &t).0
     }
 
-    func logits(_ image: RGBImage, queries: [[Float]], keepRaw: Bool, timings: inout [String: Double]) throws -> (SegmentationInternals, [String: Double]) {
+    /// Averaged window logits at the rescaled size: logits [Q, Hs, Ws], the normalised rescaled
+    /// image [3, Hs, Ws] and the windows.
+    struct WindowLogits {
+        let logits: Buffer
+        let normalised: [Float]
+        let width: Int, height: Int
+        let windows: [(y1: Int, x1: Int, y2: Int, x2: Int)]
+    }
+
+    func windowLogits(_ image: RGBImage, queries: [[Float]], timings: inout [String: Double]) throws -> WindowLogits {
         guard !queries.isEmpty else { throw ZeroSegError("no queries") }
         let o = options, p = model.config.vision.patchSize
         var clock = Date()
@@ -201,25 +291,28 @@ public final class Segmenter: @unchecked Sendable {
             i = j
         }
         for c in 0..<q { for k in 0..<(hs * ws) { preds.ptr[c * hs * ws + k] /= count.ptr[k] } }
-        // To the original size.
-        let (h, w) = (image.height, image.width)
+        withExtendedLifetime((qbuf, count)) {}
+        return WindowLogits(logits: preds, normalised: norm, width: ws, height: hs, windows: wins)
+    }
+
+    func logits(_ image: RGBImage, queries: [[Float]], keepRaw: Bool, timings: inout [String: Double]) throws -> (SegmentationInternals, [String: Double]) {
+        let win = try windowLogits(image, queries: queries, timings: &timings)
+        var clock = Date()
+        func lap(_ name: String) { let now = Date(); timings[name, default: 0] += now.timeIntervalSince(clock); clock = now }
+        let q = queries.count, (h, w) = (image.height, image.width)
         var raw = [Float](repeating: 0, count: q * h * w)
-        raw.withUnsafeMutableBufferPointer { resizeBilinearCHW(preds.ptr, channels: q, height: hs, width: ws, $0.baseAddress!, outHeight: h, outWidth: w) }
+        raw.withUnsafeMutableBufferPointer { resizeBilinearCHW(win.logits.ptr, channels: q, height: win.height, width: win.width, $0.baseAddress!, outHeight: h, outWidth: w) }
         lap("head")
         var refined: [Float]? = nil
-        if o.refine == .pamr {
-            var guide = [Float](repeating: 0, count: 3 * h * w)
-            norm.withUnsafeBufferPointer { src in
-                guide.withUnsafeMutableBufferPointer { resizeBilinearCHW(src.baseAddress!, channels: 3, height: hs, width: ws, $0.baseAddress!, outHeight: h, outWidth: w) }
-            }
-            let pamr = PAMR(guide: guide, height: h, width: w, dilations: o.pamrDilations)
-            refined = pamr.refine(raw, channels: q, iterations: o.pamrIterations)
+        if options.refine == .pamr {
+            let pamr = makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h)
+            refined = pamr.refine(raw, channels: q, iterations: options.pamrIterations)
             if !keepRaw { raw = [] }
             lap("refine")
         }
-        withExtendedLifetime((qbuf, preds, count)) {}
-        let internals = SegmentationInternals(rawLogits: raw, refinedLogits: refined, rescaled: norm,
-                                              rescaledWidth: ws, rescaledHeight: hs, windows: wins)
+        withExtendedLifetime(win.logits) {}
+        let internals = SegmentationInternals(rawLogits: raw, refinedLogits: refined, rescaled: win.normalised,
+                                              rescaledWidth: win.width, rescaledHeight: win.height, windows: win.windows)
         return (internals, timings)
     }
 
