@@ -18,6 +18,9 @@ let package = Package(
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
         .systemLibrary(name: "CUTF8Proc", path: "Sources/CUTF8Proc"),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        // FreeType 2 for the overlay legend's text (Debian: libfreetype-dev)
+        .systemLibrary(name: "CFreeType", path: "Sources/CFreeType", pkgConfig: "freetype2",
+                       providers: [.apt(["libfreetype-dev"])]),
         // setjmp/longjmp wrappers so libjpeg/libpng errors return instead of exit()
         .target(
             name: "CImageShim",
@@ -26,7 +29,7 @@ let package = Package(
         ),
         .target(
             name: "ZeroSeg",
-            dependencies: ["CBLAS", "CJPEG", "CPNG", "CUTF8Proc", "CZlib", "CImageShim",
+            dependencies: ["CBLAS", "CJPEG", "CPNG", "CUTF8Proc", "CZlib", "CImageShim", "CFreeType",
                            .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),

@@ -8,7 +8,8 @@ struct ZeroSegCommand: ParsableCommand {
         commandName: "zeroseg",
         abstract: "Zero-shot, open-vocabulary semantic segmentation with CLIP, on the CPU.",
         version: ZeroSeg.version,
-        subcommands: [Classify.self, Embed.self, Tokenize.self, Weights.self, Debug.self]
+        subcommands: [Segment.self, Eval.self, Classify.self, Embed.self, Tokenize.self, Weights.self, BenchCommand.self, Debug.self],
+        defaultSubcommand: Segment.self
     )
 
     /// Every failure is one line on stderr ("error: ...") and a non-zero exit; --help and
@@ -20,6 +21,8 @@ struct ZeroSegCommand: ParsableCommand {
         } catch let e as ZeroSegError {
             printErr("error: \(e.message)")
             Foundation.exit(1)
+        } catch let e as ExitCode {
+            Foundation.exit(e.rawValue)  // the command has already said why
         } catch {
             let code = exitCode(for: error)
             if code == .success { exit(withError: error) }
@@ -32,7 +35,7 @@ struct ZeroSegCommand: ParsableCommand {
 
 /// Options shared by every command that runs a model.
 struct ModelOptions: ParsableArguments {
-    @Option(help: "Model directory in the Hugging Face layout (config.json, model.safetensors, vocab.json, merges.txt). Default: $ZEROSEG_MODEL, else a synthetic random ViT-B/16 (with a warning).")
+    @Option(help: "Model directory in the Hugging Face layout (config.json, model.safetensors, vocab.json, merges.txt). Or a hub id ORG/NAME[@REV] (Hugging Face cache, downloaded when absent). Default: $ZEROSEG_MODEL, else openai/clip-vit-base-patch16, else a synthetic random ViT-B/16 (with a warning).")
     var model: String?
 
     @Option(help: "Threads for matrix products (default: all cores).")
@@ -162,7 +165,7 @@ struct Classify: ParsableCommand {
 
 struct Weights: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage model weights.", subcommands: [Synth.self])
+        abstract: "Manage model weights.", subcommands: [Synth.self, Fetch.self])
 
     struct Synth: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -53,4 +53,15 @@ int zs_png_read_image(zs_png *p, uint8_t **rows);
 /// png_read_end(info). 0 on success.
 int zs_png_read_end(zs_png *p);
 
+// ---- libpng 1.6 writing (zs_png_write.c) ----
+
+/// Writes a complete 8-bit, non-interlaced PNG to the open file descriptor `fd` (not closed).
+/// color_type: PNG_COLOR_TYPE_PALETTE (3; `pixels` holds one index per pixel and `plte`
+/// holds `plte_count` RGB triples, 1...256) or PNG_COLOR_TYPE_RGB (2; `pixels` holds RGB
+/// triples; `plte` ignored). `pixels` is row-major without padding.
+/// Returns 0 on success; otherwise nonzero with a one-line reason in `message`.
+int zs_png_write_fd(int fd, uint32_t width, uint32_t height, int color_type,
+                    const uint8_t *plte, int plte_count, const uint8_t *pixels,
+                    char *message, size_t message_len);
+
 #endif

@@ -1,0 +1,150 @@
+import ArgumentParser
+import Foundation
+import ZeroSeg
+
+struct Segment: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Segment images into the given classes (the default command: `zeroseg IMAGE --classes ...`).",
+        discussion: """
+            For each input NAME writes into --out: NAME.labels.png (8-bit paletted, index = class in the \
+            order given, 255 = background), NAME.overlay.png (image blended with class colours, legend on \
+            the right), NAME.json (classes with area and mean score, settings, model, timings) and, with \
+            --scores, NAME.scores.npy (float32 [classes, H, W]).
+            """)
+
+    @OptionGroup var options: ModelOptions
+    @OptionGroup var seg: SegmentationArguments
+
+    @Option(help: "Output folder (created).")
+    var out: String = "zeroseg-out"
+
+    @Flag(help: "Also write NAME.scores.npy: float32 [classes, H, W] per-class probabilities.")
+    var scores = false
+
+    @Flag(help: "No progress display.")
+    var quiet = false
+
+    @Argument(help: "Images (JPEG or PNG) or folders of images.")
+    var inputs: [String] = []
+
+    func validate() throws {
+        if inputs.isEmpty { throw ValidationError("give at least one IMAGE or folder") }
+    }
+
+    func run() throws {
+        let files = try collectImages(inputs)
+        let set = try seg.classSet()
+        let templates = try seg.templateList()
+        let outDir = URL(fileURLWithPath: out)
+        try prepareOutputDirectory(outDir)
+        let model = try options.load()
+        let segmenter = try Segmenter(model: model, options: seg.options(), threads: options.threads)
+        let t0 = Date()
+        let cache = TextEmbeddingCache(model: model)
+        let queries = try segmenter.queryEmbeddings(set, templates: templates, cache: cache)
+        let textSeconds = Date().timeIntervalSince(t0)
+        let palette = classPalette(count: set.classes.count)
+        let progress = Progress(total: files.count, quiet: quiet)
+        var failed = 0
+        for (i, file) in files.enumerated() {
+            progress.update(i, file.lastPathComponent)
+            do {
+                let start = Date()
+                let image = try RGBImage.load(file)
+                let r = try segmenter.segment(image, classes: set, queries: queries, wantScores: scores)
+                let stem = file.deletingPathExtension().lastPathComponent
+                var timings = r.timings
+                timings["text"] = i == 0 ? textSeconds : 0
+                timings["total"] = Date().timeIntervalSince(start) + (i == 0 ? textSeconds : 0)
+                try writeOutputs(r, image: image, input: file, stem: stem, set: set, palette: palette, model: model, timings: timings, into: outDir)
+            } catch {
+                progress.finish()
+                printErr("error: \(file.path): \((error as? ZeroSegError)?.message ?? "\(error)")")
+                failed += 1
+            }
+        }
+        progress.update(files.count, "done")
+        progress.finish()
+        if model.isSynthetic { printErr("warning: made with SYNTHETIC random weights: the labels are meaningless") }
+        if failed > 0 {
+            printErr("error: \(failed) of \(files.count) image(s) failed")
+            throw ExitCode(1)
+        }
+    }
+
+    func writeOutputs(_ r: SegmentationResult, image: RGBImage, input: URL, stem: String, set: ClassSet,
+                      palette: [(UInt8, UInt8, UInt8)], model: CLIPModel, timings: [String: Double], into dir: URL) throws {
+        // Everything is rendered first, then written file by file (each atomically); if any write
+        // fails, the files already written for this input are removed: nothing half-written.
+        let names = set.displayNames
+        let overlay = try renderOverlay(image: image, labels: r.labels, classNames: names, areaFractions: r.areaFraction,
+                                        palette: palette, alpha: 0.5, title: "zeroseg \(seg.method.rawValue)",
+                                        footer: model.isSynthetic ? "SYNTHETIC WEIGHTS: meaningless" : nil)
+        var classes: [[String: Any]] = []
+        for (i, syn) in set.classes.enumerated() {
+            let c = palette[i]
+            classes.append(["index": i, "name": syn[0], "names": syn, "color": [Int(c.0), Int(c.1), Int(c.2)],
+                            "area": r.areaFraction[i], "mean_score": r.meanScore[i]])
+        }
+        let unlabelled = 1 - r.areaFraction.reduce(0, +)
+        let obj: [String: Any] = [
+            "image": input.path, "width": r.width, "height": r.height,
+            "classes": classes, "background_or_unlabelled_area": max(0, unlabelled),
+            "settings": seg.settingsJSON(),
+            "model": ["source": model.source, "fingerprint": model.fingerprint, "synthetic": model.isSynthetic],
+            "zeroseg": ZeroSeg.version,
+            "timings": timings,
+        ]
+        let json = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        var written: [URL] = []
+        func out(_ suffix: String) -> URL { let u = dir.appendingPathComponent(stem + suffix); written.append(u); return u }
+        do {
+            try writeLabelPNG(labels: r.labels, width: r.width, height: r.height, palette: palette, to: out(".labels.png"))
+            try writeRGBPNG(overlay, to: out(".overlay.png"))
+            if let s = r.scores {
+                try writeNpy(s, shape: [set.classes.count, r.height, r.width], to: out(".scores.npy"))
+            }
+            try writeAtomically(json, to: out(".json"))
+        } catch {
+            for u in written { try? FileManager.default.removeItem(at: u) }
+            throw error
+        }
+    }
+}
+
+/// Image files from the arguments (folders: their JPEG/PNG files, sorted); two inputs with the same
+/// stem are an error before any work.
+func collectImages(_ inputs: [String]) throws -> [URL] {
+    let fm = FileManager.default
+    var files: [URL] = []
+    for input in inputs {
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: input, isDirectory: &isDir) else { throw ZeroSegError("\(input): no such file or folder") }
+        if isDir.boolValue {
+            let items = try fm.contentsOfDirectory(atPath: input).sorted()
+            let imgs = items.filter { ["jpg", "jpeg", "png"].contains(($0 as NSString).pathExtension.lowercased()) }
+            if imgs.isEmpty { throw ZeroSegError("\(input): no .jpg, .jpeg or .png files") }
+            files += imgs.map { URL(fileURLWithPath: input).appendingPathComponent($0) }
+        } else {
+            files.append(URL(fileURLWithPath: input))
+        }
+    }
+    var seen: [String: String] = [:]
+    for f in files {
+        let stem = f.deletingPathExtension().lastPathComponent
+        if let other = seen[stem] { throw ZeroSegError("inputs \(other) and \(f.path) have the same name \(stem): their outputs would collide") }
+        seen[stem] = f.path
+    }
+    return files
+}
+
+/// Creates the output folder and checks it can be written, before any work.
+func prepareOutputDirectory(_ dir: URL) throws {
+    do { try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true) }
+    catch { throw ZeroSegError("cannot create output folder \(dir.path)") }
+    let probe = dir.appendingPathComponent(".zeroseg-write-test-\(getpid())")
+    guard FileManager.default.createFile(atPath: probe.path, contents: Data()) else {
+        throw ZeroSegError("output folder \(dir.path) is not writable")
+    }
+    try? FileManager.default.removeItem(at: probe)
+}
