@@ -55,22 +55,68 @@ public struct PAMR: Sendable {
     }
 
     /// `iterations` rounds of mask ← Σ_p affinity_p · shift_p(mask) on masks [C, H, W]
-    /// (borders replicated).
-    public func refine(_ masks: [Float], channels: Int, iterations: Int) -> [Float] {
+    /// (borders replicated). Channels are independent: they are spread over `threads` workers;
+    /// inside a row the interior (no clamping) runs as a contiguous, vectorisable loop.
+    public func refine(_ masks: [Float], channels: Int, iterations: Int, threads: Int = 1) -> [Float] {
+        let h = height, w = width, hw = h * w
+        var result = masks
+        let offs = offsets
+        affinity.withUnsafeBufferPointer { affBuf in
+            result.withUnsafeMutableBufferPointer { resBuf in
+                nonisolated(unsafe) let aff = affBuf.baseAddress!, res = resBuf.baseAddress!
+                let workers = max(1, min(threads, channels))
+                DispatchQueue.concurrentPerform(iterations: workers) { wi in
+                    let tmp = UnsafeMutablePointer<Float>.allocate(capacity: hw)
+                    defer { tmp.deallocate() }
+                    var c = wi
+                    while c < channels {
+                        var cur = res + c * hw, next = tmp
+                        for _ in 0..<iterations {
+                            Self.step(cur, next, aff, offs, h, w)
+                            swap(&cur, &next)
+                        }
+                        if cur != res + c * hw { (res + c * hw).update(from: cur, count: hw) }
+                        c += workers
+                    }
+                }
+            }
+        }
+        return result
+    }
+
+    /// next[H, W] = Σ_p aff[p, H, W] · cur[clamp(y + dy), clamp(x + dx)].
+    static func step(_ cur: UnsafePointer<Float>, _ next: UnsafeMutablePointer<Float>, _ aff: UnsafePointer<Float>,
+                     _ offs: [(Int, Int)], _ h: Int, _ w: Int) {
+        let hw = h * w
+        for y in 0..<h {
+            let o = next + y * w
+            o.update(repeating: 0, count: w)
+            for (p, (dy, dx)) in offs.enumerated() {
+                let yy = min(max(y + dy, 0), h - 1)
+                let a = aff + p * hw + y * w, src = cur + yy * w
+                // x + dx inside [0, w): x in [lo, hi)
+                let lo = min(max(-dx, 0), w), hi = max(min(w - dx, w), lo)
+                for x in 0..<lo { o[x] += a[x] * src[min(max(x + dx, 0), w - 1)] }
+                let s = src + dx
+                for x in lo..<hi { o[x] += a[x] * s[x] }
+                for x in hi..<w { o[x] += a[x] * src[min(max(x + dx, 0), w - 1)] }
+            }
+        }
+    }
+
+    /// Naive reference of `refine` (the formula as written, one channel at a time).
+    public func refineReference(_ masks: [Float], channels: Int, iterations: Int) -> [Float] {
         let h = height, w = width, hw = h * w
         var cur = masks, next = [Float](repeating: 0, count: masks.count)
         for _ in 0..<iterations {
             for c in 0..<channels {
-                let base = c * hw
                 for y in 0..<h {
-                    for x in 0..<w { next[base + y * w + x] = 0 }
-                    for (p, (dy, dx)) in offsets.enumerated() {
-                        let yy = min(max(y + dy, 0), h - 1)
-                        let a = p * hw + y * w
-                        for x in 0..<w {
-                            let xx = min(max(x + dx, 0), w - 1)
-                            next[base + y * w + x] += affinity[a + x] * cur[base + yy * w + xx]
+                    for x in 0..<w {
+                        var acc: Float = 0
+                        for (p, (dy, dx)) in offsets.enumerated() {
+                            acc += affinity[p * hw + y * w + x] * cur[c * hw + min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)]
                         }
+                        next[c * hw + y * w + x] = acc
                     }
                 }
             }

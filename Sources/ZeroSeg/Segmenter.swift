@@ -157,7 +157,7 @@ public final class Segmenter: @unchecked Sendable {
             lap("head")
             var part = chunkBuf
             if let pamr {
-                part = pamr.refine(chunkBuf.count == n * hw ? chunkBuf : Array(chunkBuf[0..<(n * hw)]), channels: n, iterations: options.pamrIterations)
+                part = pamr.refine(chunkBuf.count == n * hw ? chunkBuf : Array(chunkBuf[0..<(n * hw)]), channels: n, iterations: options.pamrIterations, threads: threads)
                 lap("refine")
             }
             for k in 0..<n {
@@ -306,7 +306,7 @@ public final class Segmenter: @unchecked Sendable {
         var refined: [Float]? = nil
         if options.refine == .pamr {
             let pamr = makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h)
-            refined = pamr.refine(raw, channels: q, iterations: options.pamrIterations)
+            refined = pamr.refine(raw, channels: q, iterations: options.pamrIterations, threads: threads)
             if !keepRaw { raw = [] }
             lap("refine")
         }

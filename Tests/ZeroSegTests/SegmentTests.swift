@@ -43,6 +43,19 @@ import ZeroSeg
         if threshold > 0 { #expect(full.labels.contains(255)) }
     }
 
+    /// The fast PAMR (contiguous interior, channels over threads) equals the naive formula exactly.
+    @Test func pamrEqualsReference() {
+        let (h, w) = (23, 37)
+        let guide = randomFloats(3 * h * w, seed: 7)
+        let masks = randomFloats(5 * h * w, seed: 8)
+        let pamr = PAMR(guide: guide, height: h, width: w, dilations: [1, 3, 40])  // 40 > w: all clamped
+        let want = pamr.refineReference(masks, channels: 5, iterations: 3)
+        for threads in [1, 2, 3] {
+            #expect(pamr.refine(masks, channels: 5, iterations: 3, threads: threads) == want)
+        }
+        #expect(pamr.refine(masks, channels: 5, iterations: 0, threads: 2) == masks)
+    }
+
     @Test func queryCountMustMatch() throws {
         let seg = try segmenter(.none)
         let set = try ClassSet.parse("cat,dog")
