@@ -27,9 +27,15 @@ let package = Package(
             dependencies: ["CJPEG", "CPNG"],
             linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]
         ),
+        // AVX2 element-wise kernels over glibc's libmvec (vector expf/erff/tanhf)
+        .target(
+            name: "CKernels",
+            cSettings: [.unsafeFlags(["-O3", "-mavx2", "-mfma"])],
+            linkerSettings: [.linkedLibrary("mvec"), .linkedLibrary("m")]
+        ),
         .target(
             name: "ZeroSeg",
-            dependencies: ["CBLAS", "CJPEG", "CPNG", "CUTF8Proc", "CZlib", "CImageShim", "CFreeType",
+            dependencies: ["CKernels", "CBLAS", "CJPEG", "CPNG", "CUTF8Proc", "CZlib", "CImageShim", "CFreeType",
                            .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),

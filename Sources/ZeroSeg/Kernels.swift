@@ -1,4 +1,5 @@
 import CBLAS
+import CKernels
 import Foundation
 
 // Kernels are plain functions over buffers; shapes are row-major and given in comments.
@@ -93,21 +94,29 @@ public func layerNormReference(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: Cons
 // MARK: - Softmax
 
 /// Softmax over each row of x[rows, n] (row stride `ld`), in place; only the first `valid(r)` entries
-/// of row r take part (the rest are set to 0), for causal attention.
+/// of row r take part (the rest are set to 0), for causal attention. AVX2 (libmvec expf); large
+/// inputs are split over the BLAS thread count.
 public func softmaxRows(_ x: FloatPtr, rows: Int, n: Int, ld: Int? = nil, valid: ((Int) -> Int)? = nil) {
     let ld = ld ?? n
-    for r in 0..<rows {
-        let row = x + r * ld
-        let m = valid?(r) ?? n
-        var mx = -Float.infinity
-        for i in 0..<m { mx = max(mx, row[i]) }
-        var s: Float = 0
-        for i in 0..<m { let e = expf(row[i] - mx); row[i] = e; s += e }
-        let inv = 1 / s
-        for i in 0..<m { row[i] *= inv }
-        for i in m..<n { row[i] = 0 }
+    nonisolated(unsafe) let xp = x
+    parallelChunks(rows, work: rows * n) { r0, r1 in
+        for r in r0..<r1 { zs_softmax_row(xp + r * ld, Int32(valid?(r) ?? n), Int32(n)) }
     }
 }
+
+/// Runs body over [0, count) in contiguous chunks on up to `elementThreads()` threads when
+/// `work` (elements touched) is large enough to pay for the hand-off.
+func parallelChunks(_ count: Int, work: Int, minWork: Int = 1 << 15, _ body: (Int, Int) -> Void) {
+    let nt = min(elementThreads(), count)
+    if nt <= 1 || work < minWork { body(0, count); return }
+    withoutActuallyEscaping(body) { b in
+        nonisolated(unsafe) let f = b
+        DispatchQueue.concurrentPerform(iterations: nt) { i in f(count * i / nt, count * (i + 1) / nt) }
+    }
+}
+
+/// Threads for element-wise kernels: the BLAS thread count the caller set (`setBLASThreads`).
+func elementThreads() -> Int { max(1, Int(openblas_get_num_threads())) }
 
 public func softmaxReference(_ x: FloatPtr, rows: Int, n: Int) {
     for r in 0..<rows {
@@ -120,17 +129,16 @@ public func softmaxReference(_ x: FloatPtr, rows: Int, n: Int) {
 
 // MARK: - Activations
 
-/// In-place activation over x[n].
+/// In-place activation over x[n] (AVX2, libmvec; split over the BLAS thread count when large).
 public func activate(_ x: FloatPtr, count n: Int, _ act: Activation) {
-    switch act {
-    case .quickGELU:
-        for i in 0..<n { let v = x[i]; x[i] = v / (1 + expf(-1.702 * v)) }
-    case .gelu:
-        for i in 0..<n { let v = x[i]; x[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752)) }
-    case .geluTanh, .geluNew:
-        for i in 0..<n {
-            let v = x[i]
-            x[i] = 0.5 * v * (1 + tanhf(0.79788456080286536 * (v + 0.044715 * v * v * v)))
+    nonisolated(unsafe) let xp = x
+    parallelChunks((n + 63) / 64, work: n * 8) { c0, c1 in
+        let start = c0 * 64, len = min(c1 * 64, n) - start
+        guard len > 0 else { return }
+        switch act {
+        case .quickGELU: zs_quick_gelu(xp + start, len)
+        case .gelu: zs_gelu_erf(xp + start, len)
+        case .geluTanh, .geluNew: zs_gelu_tanh(xp + start, len)
         }
     }
 }
@@ -224,5 +232,30 @@ public func resizeBicubicCHW(_ x: ConstFloatPtr, channels: Int, height h: Int, w
                 out[c * oh * ow + oy * ow + ox] = acc
             }
         }
+    }
+}
+
+// MARK: - BLAS kernel choice
+
+/// OpenBLAS (Debian's DYNAMIC_ARCH build, 0.3.21) picks its kernels from the CPU model when it is
+/// loaded. On CPUs newer than the library (or virtual CPUs with unusual model ids) it falls back
+/// to `Prescott` (SSE3) kernels: about 4x slower sgemm on an AVX-512 machine. The environment
+/// variable OPENBLAS_CORETYPE overrides the choice, but only before the library is loaded.
+public enum BLASKernels {
+    /// OpenBLAS's kernel set in use, e.g. "SkylakeX", "Haswell", "Prescott".
+    public static var coreName: String { openblas_get_corename().map { String(cString: $0) } ?? "unknown" }
+
+    /// Kernel sets without AVX2 code paths.
+    static let preAVX2: Set<String> = ["prescott", "core2", "penryn", "dunnington", "nehalem", "sandybridge",
+                                       "katmai", "coppermine", "northwood", "banias", "atom", "barcelona", "opteron"]
+
+    /// The OPENBLAS_CORETYPE that should be set for this CPU, or nil when OpenBLAS's own choice is
+    /// fine (or the user set OPENBLAS_CORETYPE). AVX-512 (F/BW/DQ/VL, enabled by the OS): SkylakeX;
+    /// AVX2 + FMA: Haswell.
+    public static func betterCoreType(environment env: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+        guard env["OPENBLAS_CORETYPE"] == nil, preAVX2.contains(coreName.lowercased()) else { return nil }
+        if zs_cpu_has_avx512() != 0 { return "SkylakeX" }
+        if zs_cpu_has_avx2_fma() != 0 { return "Haswell" }
+        return nil
     }
 }

@@ -15,6 +15,7 @@ struct ZeroSegCommand: ParsableCommand {
     /// Every failure is one line on stderr ("error: ...") and a non-zero exit; --help and
     /// --version print as usual.
     static func main() {
+        useFastBLASKernels()
         do {
             var command = try parseAsRoot()
             try command.run()
@@ -31,6 +32,17 @@ struct ZeroSegCommand: ParsableCommand {
             Foundation.exit(code.rawValue == 0 ? 1 : code.rawValue)
         }
     }
+}
+
+/// When OpenBLAS has fallen back to kernels without AVX2 on a CPU that has it (see
+/// `BLASKernels`), runs this program again with OPENBLAS_CORETYPE set, once. Set
+/// OPENBLAS_CORETYPE yourself to choose (or to keep) a kernel set.
+func useFastBLASKernels() {
+    guard getenv("ZEROSEG_BLAS_REEXEC") == nil, let core = BLASKernels.betterCoreType() else { return }
+    setenv("OPENBLAS_CORETYPE", core, 1)
+    setenv("ZEROSEG_BLAS_REEXEC", BLASKernels.coreName, 1)
+    execv("/proc/self/exe", CommandLine.unsafeArgv)
+    // execv returned: it failed; go on with the slower kernels.
 }
 
 /// Options shared by every command that runs a model.

@@ -34,6 +34,32 @@ import ZeroSeg
         #expect(maxAbsDiff(a, b) < 1e-6)
     }
 
+    /// Large inputs take the threaded path; `valid` masks a causal prefix (rest zero).
+    @Test func softmaxLargeAndMaskedMatchesReference() {
+        setBLASThreads(2)
+        let (rows, n) = (301, 203)
+        let x = randomFloats(rows * n, seed: 17).map { $0 * 30 }
+        var fast = x
+        softmaxRows(&fast, rows: rows, n: n, valid: { $0 % n + 1 })
+        var worst: Float = 0
+        for r in 0..<rows {
+            let m = r % n + 1
+            var ref = Array(x[(r * n)..<(r * n + m)])
+            softmaxReference(&ref, rows: 1, n: m)
+            for i in 0..<n { worst = max(worst, abs(fast[r * n + i] - (i < m ? ref[i] : 0))) }
+        }
+        #expect(worst < 1e-6)
+    }
+
+    @Test(arguments: [Activation.quickGELU, .gelu, .geluTanh])
+    func activationsLargeMatchReference(_ act: Activation) {
+        setBLASThreads(2)
+        var x = randomFloats(100_003, seed: 18).map { $0 * 12 }
+        let ref = x.map { activationReference($0, act) }
+        activate(&x, count: x.count, act)
+        #expect(maxAbsDiff(x, ref) < 1e-5)
+    }
+
     @Test(arguments: [Activation.quickGELU, .gelu, .geluTanh])
     func activationsMatchReference(_ act: Activation) {
         var x = randomFloats(101, seed: 8).map { $0 * 6 }

@@ -94,7 +94,10 @@ import ZeroSeg
                                   queries: try seg.queryEmbeddings(set, templates: ["a photo of a {}."]), wantScores: true)
         let labels = try Evaluation.loadLabelMap(out.appendingPathComponent("cat.labels.png"))
         #expect(labels.width == 75 && labels.height == 50)
-        #expect(labels.values == lib.labels)
+        // The CLI may run with other OpenBLAS kernels than this test process (it re-executes
+        // itself with OPENBLAS_CORETYPE on CPUs OpenBLAS does not know): float rounding only.
+        let agree = zip(labels.values, lib.labels).filter { $0 == $1 }.count
+        #expect(agree >= labels.values.count * 999 / 1000, "\(labels.values.count - agree) labels differ")
         let overlay = try RGBImage.load(out.appendingPathComponent("cat.overlay.png"))
         #expect(overlay.height >= 50 && overlay.width > 75)
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("cat.json"))) as! [String: Any]
@@ -111,7 +114,7 @@ import ZeroSeg
         let header = String(decoding: npy[10..<128], as: UTF8.self)
         #expect(header.hasPrefix("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 50, 75), }"))
         let values = npy[128...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-        #expect(maxAbsDiff(values, lib.scores!) == 0)
+        #expect(maxAbsDiff(values, lib.scores!) <= 1e-5)
         #expect(r.stderr.contains("SYNTHETIC"))
     }
 

@@ -1,0 +1,116 @@
+import ArgumentParser
+import Foundation
+import ZeroSeg
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Time the machine's sgemm (the floor), image and text encoding, and one-stage segmentation (cold and with the class cache).",
+        discussion: """
+            Cases: sgemm on ViT-B/16 layer shapes; one image at the model's size (best of --repeats); \
+            the 11 CamVid classes x 80 ImageNet templates through the text encoder; segmentation of a \
+            480x360 image (short side 336, 224/112 windows, NACLIP, PAMR) with an empty class cache \
+            (cold) and with it filled (warm). Ratios are to the sgemm floor (model FLOPs / measured \
+            sgemm rate). Compare only numbers from one run: machines differ from day to day.
+            """)
+
+    @OptionGroup var options: ModelOptions
+
+    @Option(help: "Repeats per case (the best is reported).")
+    var repeats: Int = 3
+
+    @Option(help: "Also write the results as JSON to this file.")
+    var json: String?
+
+    func validate() throws {
+        guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
+    }
+
+    static let camvid = ["sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian", "bicyclist"]
+
+    func run() throws {
+        let model = try options.load()
+        let t = options.threads
+        var rows: [[String: Any]] = []
+        func report(_ name: String, _ seconds: Double, flops: Double? = nil, floor: Double? = nil, extra: String = "") {
+            var r: [String: Any] = ["case": name, "seconds": seconds]
+            var line = name.padding(toLength: max(40, name.count), withPad: " ", startingAt: 0) + String(format: " %9.3f s", seconds)
+            if let flops, let floor {
+                let fl = flops / floor
+                r["floor_seconds"] = fl; r["ratio_to_floor"] = seconds / fl; r["gflop"] = flops / 1e9
+                line += String(format: "   floor %7.3f s   x%.2f", fl, seconds / fl)
+            }
+            if !extra.isEmpty { line += "   " + extra }
+            print(line)
+            rows.append(r)
+        }
+        let rate = Bench.sgemmRate(threads: t)
+        print(String(format: "sgemm (ViT-B/16 layer shapes, %d threads): %.1f GFLOP/s", t, rate / 1e9)
+              + ", OpenBLAS kernels \(BLASKernels.coreName)"
+              + (ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"].map { " (instead of \($0): set OPENBLAS_CORETYPE to choose)" } ?? ""))
+        print("model: \(model.source)\(model.isSynthetic ? " (synthetic)" : "")")
+
+        // Image encoder at the model's size.
+        let s = model.config.vision.imageSize
+        let px = Synth.values(name: "pixels", seed: 3, count: 3 * s * s, amplitude: 2)
+        let imgT = try Bench.best(repeats) {
+            _ = try px.withUnsafeBufferPointer { try model.encodePixels($0.baseAddress!, batch: 1, height: s, width: s, threads: t) }
+        }
+        report("image encoder (\(s) px, 1 image)", imgT, flops: Bench.visionFLOPs(model.config, height: s, width: s), floor: rate)
+
+        // Text: 11 classes x 80 templates.
+        let prompts = Self.camvid.flatMap { c in Templates.imagenet80.map { Templates.fill($0, c) } }
+        let lengths = model.tokenize(prompts).map(\.count)
+        let textFlops = lengths.reduce(0.0) { $0 + Bench.textFLOPs(model.config, tokens: $1) }
+        let textT = try Bench.best(max(1, repeats - 1), warmUp: false) { _ = try model.encodeText(prompts, threads: t) }
+        report("text encoder (\(prompts.count) prompts)", textT, flops: textFlops, floor: rate,
+               extra: "(floor = all tokens of every prompt; shared template prefixes need less)")
+
+        // Segmentation of a 480x360 image.
+        let image = Self.benchImage(width: 480, height: 360)
+        let seg = try Segmenter(model: model, options: SegmentationOptions(), threads: t)
+        let set = try ClassSet(classes: Self.camvid.map { [$0] })
+        let (ws, hs) = Segmenter.rescaledSize(width: 480, height: 360, shortSide: 336)
+        let wins = Segmenter.windows(height: hs, width: ws, window: 224, stride: 112)
+        let encFlops = Double(wins.count) * Bench.visionFLOPs(model.config, height: 224, width: 224)
+        var cold = Double.infinity, warm = Double.infinity, encoder = Double.infinity
+        for _ in 0..<max(1, repeats - 1) {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zeroseg-bench-\(UUID().uuidString)")
+            defer { try? FileManager.default.removeItem(at: dir) }
+            let cache = TextEmbeddingCache(model: model, root: dir)
+            let t0 = Date()
+            _ = try seg.segment(image, classes: set, queries: try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache))
+            cold = min(cold, Date().timeIntervalSince(t0))
+            let t1 = Date()
+            let r = try seg.segment(image, classes: set, queries: try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache))
+            warm = min(warm, Date().timeIntervalSince(t1))
+            encoder = min(encoder, r.timings["image_encoder"] ?? .nan)
+        }
+        report("segment 480x360 cold (11x80 prompts)", cold, flops: encFlops + textFlops, floor: rate)
+        report("segment 480x360 warm class cache", warm, flops: encFlops, floor: rate,
+               extra: String(format: "(%d windows; their encoder passes %.3f s: x%.2f)", wins.count, encoder, warm / encoder))
+        let rss = Bench.peakRSS()
+        print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))
+        if let json {
+            let obj: [String: Any] = ["sgemm_gflops": rate / 1e9, "threads": t, "model": model.source, "synthetic": model.isSynthetic,
+                                      "cases": rows, "peak_rss_bytes": rss, "zeroseg": ZeroSeg.version]
+            let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+            try writeAtomically(d, to: URL(fileURLWithPath: json))
+        }
+    }
+
+    /// A deterministic street-like picture (timing does not depend on content).
+    static func benchImage(width w: Int, height h: Int) -> RGBImage {
+        var px = [Float](repeating: 0, count: w * h * 3)
+        let noise = Synth.values(name: "bench-image", seed: 4, count: w * h, amplitude: 20)
+        for y in 0..<h {
+            for x in 0..<w {
+                let sky = y < h / 3, road = y > 2 * h / 3
+                let base: (Float, Float, Float) = sky ? (120, 160, 220) : road ? (90, 90, 95) : (x / 60 % 2 == 0 ? (150, 110, 80) : (60, 120, 50))
+                let n = noise[y * w + x], i = (y * w + x) * 3
+                px[i] = max(0, min(255, base.0 + n)); px[i + 1] = max(0, min(255, base.1 + n)); px[i + 2] = max(0, min(255, base.2 + n))
+            }
+        }
+        return RGBImage(width: w, height: h, pixels: px)
+    }
+}
