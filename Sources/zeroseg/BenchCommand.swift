@@ -93,7 +93,9 @@ struct BenchCommand: ParsableCommand {
         print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))
         if let json {
             let obj: [String: Any] = ["sgemm_gflops": rate / 1e9, "threads": t, "model": model.source, "synthetic": model.isSynthetic,
-                                      "cases": rows, "peak_rss_bytes": rss, "zeroseg": ZeroSeg.version]
+                                      "cases": rows, "peak_rss_bytes": rss, "zeroseg": ZeroSeg.version,
+                                      "openblas_kernels": BLASKernels.coreName,
+                                      "openblas_kernels_replaced": ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"] ?? NSNull()]
             let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
             try writeAtomically(d, to: URL(fileURLWithPath: json))
         }
