@@ -157,18 +157,37 @@ public func activationReference(_ v: Float, _ act: Activation) -> Float {
 /// Multi-head scaled dot-product attention for one sequence.
 /// qkv: [T, 3W] (q | k | v, heads contiguous inside each), out: [T, W], scores: scratch [T, T].
 /// With `causal`, token t attends to tokens 0...t.
+/// With several BLAS threads the heads are split over them, each head's small products running
+/// single-threaded (cheaper than waking the BLAS thread pool 2 x heads times).
 public func attention(qkv: ConstFloatPtr, out: FloatPtr, scores: FloatPtr, tokens t: Int, width w: Int,
                       heads: Int, causal: Bool) {
     let d = w / heads
     let scale = 1 / Float(d).squareRoot()
-    for h in 0..<heads {
-        let q = qkv + h * d, k = qkv + w + h * d, v = qkv + 2 * w + h * d
-        // scores[T, T] = q kᵀ · scale
-        gemmNT(q, lda: 3 * w, k, ldb: 3 * w, scores, ldc: t, m: t, n: t, k: d, alpha: scale)
-        softmaxRows(scores, rows: t, n: t, valid: causal ? { $0 + 1 } : nil)
-        // out[:, h] = scores · v
-        gemmNN(scores, lda: t, v, ldb: 3 * w, out + h * d, ldc: w, m: t, n: d, k: t)
+    let nt = min(elementThreads(), heads)
+    nonisolated(unsafe) let qkvP = qkv, outP = out, scoresP = scores
+    @Sendable func run(_ h0: Int, _ h1: Int, _ s: FloatPtr) {
+        for h in h0..<h1 {
+            let q = qkvP + h * d, k = qkvP + w + h * d, v = qkvP + 2 * w + h * d
+            // s[T, T] = q kᵀ · scale
+            gemmNT(q, lda: 3 * w, k, ldb: 3 * w, s, ldc: t, m: t, n: t, k: d, alpha: scale)
+            for r in 0..<t { zs_softmax_row(s + r * t, Int32(causal ? r + 1 : t), Int32(t)) }
+            // out[:, h] = s · v
+            gemmNN(s, lda: t, v, ldb: 3 * w, outP + h * d, ldc: w, m: t, n: d, k: t)
+        }
     }
+    if nt <= 1 || t < 16 {
+        run(0, heads, scores)
+        return
+    }
+    setBLASThreads(1)
+    DispatchQueue.concurrentPerform(iterations: nt) { i in
+        let (h0, h1) = (heads * i / nt, heads * (i + 1) / nt)
+        if i == 0 { run(h0, h1, scoresP); return }
+        let s = FloatPtr.allocate(capacity: t * t)
+        defer { s.deallocate() }
+        run(h0, h1, s)
+    }
+    setBLASThreads(nt)
 }
 
 public func attentionReference(qkv: ConstFloatPtr, out: FloatPtr, tokens t: Int, width w: Int, heads: Int, causal: Bool) {
