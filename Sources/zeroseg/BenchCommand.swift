@@ -89,6 +89,14 @@ struct BenchCommand: ParsableCommand {
         report("segment 480x360 cold (11x80 prompts)", cold, flops: encFlops + textFlops, floor: rate)
         report("segment 480x360 warm class cache", warm, flops: encFlops, floor: rate,
                extra: String(format: "(%d windows; their encoder passes %.3f s: x%.2f)", wins.count, encoder, warm / encoder))
+        // PAMR alone: 11 classes at 480x360, affinities included (10 iterations, dilations 8 and 16).
+        let guide = Synth.values(name: "pamr-guide", seed: 5, count: 3 * 360 * 480, amplitude: 2)
+        let masks = Synth.values(name: "pamr-masks", seed: 6, count: 11 * 360 * 480, amplitude: 1)
+        let pamrT = Bench.best(repeats) {
+            let p = PAMR(guide: guide, height: 360, width: 480, dilations: [8, 16])
+            _ = p.refine(masks, channels: 11, iterations: 10, threads: t)
+        }
+        report("PAMR (11 classes at 480x360)", pamrT)
         let rss = Bench.peakRSS()
         print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))
         if let json {
