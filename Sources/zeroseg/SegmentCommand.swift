@@ -45,24 +45,52 @@ struct Segment: ParsableCommand {
         let textSeconds = Date().timeIntervalSince(t0)
         let palette = classPalette(count: set.classes.count)
         let progress = Progress(total: files.count, quiet: quiet)
-        var failed = 0
+        // A folder runs as a pipeline that keeps both cores busy: while image i is segmented
+        // (the encoder uses every thread), image i+1 is decoded and image i-1's outputs are
+        // rendered and written (PNG compression, overlay) on other threads. Results and errors
+        // are those of the plain loop; at most one image waits to be written.
+        let errors = ErrorLog()
+        let writer = DispatchQueue(label: "zeroseg.write"), decoder = DispatchQueue(label: "zeroseg.decode")
+        let writeSlot = DispatchSemaphore(value: 1)
+        nonisolated(unsafe) let me = self
+        func decode(_ url: URL) -> DispatchWorkItem {
+            let item = DispatchWorkItem { errors.setImage(url, Result { try RGBImage.load(url) }) }
+            decoder.async(execute: item)
+            return item
+        }
+        var pending = files.first.map(decode)
         for (i, file) in files.enumerated() {
             progress.update(i, file.lastPathComponent)
+            pending?.wait()
+            let decoded = errors.takeImage(file)
+            pending = i + 1 < files.count ? decode(files[i + 1]) : nil
             do {
                 let start = Date()
-                let image = try RGBImage.load(file)
+                let image = try decoded.get()
                 let r = try segmenter.segment(image, classes: set, queries: queries, wantScores: scores)
                 let stem = file.deletingPathExtension().lastPathComponent
                 var timings = r.timings
                 timings["text"] = i == 0 ? textSeconds : 0
                 timings["total"] = Date().timeIntervalSince(start) + (i == 0 ? textSeconds : 0)
-                try writeOutputs(r, image: image, input: file, stem: stem, set: set, palette: palette, model: model, timings: timings, into: outDir)
+                let finalTimings = timings
+                writeSlot.wait()
+                writer.async {
+                    defer { writeSlot.signal() }
+                    do {
+                        try me.writeOutputs(r, image: image, input: file, stem: stem, set: set, palette: palette, model: model,
+                                            timings: finalTimings, into: outDir)
+                    } catch {
+                        errors.add(file, error)
+                    }
+                }
             } catch {
-                progress.finish()
-                printErr("error: \(file.path): \((error as? ZeroSegError)?.message ?? "\(error)")")
-                failed += 1
+                errors.add(file, error)
             }
         }
+        writer.sync {}
+        let failed = errors.count
+        if failed > 0 { progress.finish() }
+        for line in errors.lines { printErr(line) }
         progress.update(files.count, "done")
         progress.finish()
         if model.isSynthetic { printErr("warning: made with SYNTHETIC random weights: the labels are meaningless") }
@@ -147,4 +175,22 @@ func prepareOutputDirectory(_ dir: URL) throws {
         throw ZeroSegError("output folder \(dir.path) is not writable")
     }
     try? FileManager.default.removeItem(at: probe)
+}
+
+/// Errors of a pipelined run (in input order) and decoded images handed between threads.
+final class ErrorLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var errors: [(URL, String)] = []
+    private var images: [URL: Result<RGBImage, any Error>] = [:]
+
+    func add(_ file: URL, _ error: any Error) {
+        lock.withLock { errors.append((file, (error as? ZeroSegError)?.message ?? "\(error)")) }
+    }
+    var count: Int { lock.withLock { errors.count } }
+    var lines: [String] { lock.withLock { errors.map { "error: \($0.0.path): \($0.1)" } } }
+
+    func setImage(_ url: URL, _ r: Result<RGBImage, any Error>) { lock.withLock { images[url] = r } }
+    func takeImage(_ url: URL) -> Result<RGBImage, any Error> {
+        lock.withLock { images.removeValue(forKey: url) ?? .failure(ZeroSegError("internal: \(url.path) was not decoded")) }
+    }
 }
