@@ -22,8 +22,15 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also write the results as JSON to this file.")
     var json: String?
 
+    @Option(help: "Comma-separated cases to run: image, text, segment, pamr (default: all).")
+    var cases: String = "image,text,segment,pamr"
+
+    var selected: Set<String> { Set(cases.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
+
     func validate() throws {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
+        let unknown = selected.subtracting(["image", "text", "segment", "pamr"])
+        guard unknown.isEmpty else { throw ValidationError("unknown --cases \(unknown.sorted().joined(separator: ", ")): use image, text, segment, pamr") }
     }
 
     static let camvid = ["sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian", "bicyclist"]
@@ -51,22 +58,27 @@ struct BenchCommand: ParsableCommand {
         print("model: \(model.source)\(model.isSynthetic ? " (synthetic)" : "")")
 
         // Image encoder at the model's size.
+        if selected.contains("image") {
         let s = model.config.vision.imageSize
         let px = Synth.values(name: "pixels", seed: 3, count: 3 * s * s, amplitude: 2)
         let imgT = try Bench.best(repeats) {
             _ = try px.withUnsafeBufferPointer { try model.encodePixels($0.baseAddress!, batch: 1, height: s, width: s, threads: t) }
         }
         report("image encoder (\(s) px, 1 image)", imgT, flops: Bench.visionFLOPs(model.config, height: s, width: s), floor: rate)
+        }
 
         // Text: 11 classes x 80 templates.
         let prompts = Self.camvid.flatMap { c in Templates.imagenet80.map { Templates.fill($0, c) } }
         let lengths = model.tokenize(prompts).map(\.count)
         let textFlops = lengths.reduce(0.0) { $0 + Bench.textFLOPs(model.config, tokens: $1) }
+        if selected.contains("text") {
         let textT = try Bench.best(max(1, repeats - 1), warmUp: false) { _ = try model.encodeText(prompts, threads: t) }
         report("text encoder (\(prompts.count) prompts)", textT, flops: textFlops, floor: rate,
                extra: "(floor = all tokens of every prompt; shared template prefixes need less)")
+        }
 
         // Segmentation of a 480x360 image.
+        if selected.contains("segment") {
         let image = Self.benchImage(width: 480, height: 360)
         let seg = try Segmenter(model: model, options: SegmentationOptions(), threads: t)
         let set = try ClassSet(classes: Self.camvid.map { [$0] })
@@ -89,7 +101,9 @@ struct BenchCommand: ParsableCommand {
         report("segment 480x360 cold (11x80 prompts)", cold, flops: encFlops + textFlops, floor: rate)
         report("segment 480x360 warm class cache", warm, flops: encFlops, floor: rate,
                extra: String(format: "(%d windows; their encoder passes %.3f s: x%.2f)", wins.count, encoder, warm / encoder))
+        }
         // PAMR alone: 11 classes at 480x360, affinities included (10 iterations, dilations 8 and 16).
+        if selected.contains("pamr") {
         let guide = Synth.values(name: "pamr-guide", seed: 5, count: 3 * 360 * 480, amplitude: 2)
         let masks = Synth.values(name: "pamr-masks", seed: 6, count: 11 * 360 * 480, amplitude: 1)
         let pamrT = Bench.best(repeats) {
@@ -97,6 +111,7 @@ struct BenchCommand: ParsableCommand {
             _ = p.refine(masks, channels: 11, iterations: 10, threads: t)
         }
         report("PAMR (11 classes at 480x360)", pamrT)
+        }
         let rss = Bench.peakRSS()
         print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))
         if let json {

@@ -49,7 +49,8 @@ struct Segment: ParsableCommand {
         // (the encoder uses every thread), image i+1 is decoded and image i-1's outputs are
         // rendered and written (PNG compression, overlay) on other threads. Results and errors
         // are those of the plain loop; at most one image waits to be written.
-        let errors = ErrorLog()
+        let clearLine = progress.enabled  // an error line replaces the progress line, which is redrawn next
+        let errors = ErrorLog { line in printErr((clearLine ? "\r\u{1B}[K" : "") + line) }
         let writer = DispatchQueue(label: "zeroseg.write"), decoder = DispatchQueue(label: "zeroseg.decode")
         let writeSlot = DispatchSemaphore(value: 1)
         nonisolated(unsafe) let me = self
@@ -89,8 +90,6 @@ struct Segment: ParsableCommand {
         }
         writer.sync {}
         let failed = errors.count
-        if failed > 0 { progress.finish() }
-        for line in errors.lines { printErr(line) }
         progress.update(files.count, "done")
         progress.finish()
         if model.isSynthetic { printErr("warning: made with SYNTHETIC random weights: the labels are meaningless") }
@@ -177,17 +176,24 @@ func prepareOutputDirectory(_ dir: URL) throws {
     try? FileManager.default.removeItem(at: probe)
 }
 
-/// Errors of a pipelined run (in input order) and decoded images handed between threads.
+/// Errors of a pipelined run, reported as they happen (one line each), and decoded images
+/// handed between threads.
 final class ErrorLog: @unchecked Sendable {
     private let lock = NSLock()
-    private var errors: [(URL, String)] = []
+    private var errors = 0
     private var images: [URL: Result<RGBImage, any Error>] = [:]
+    private let report: @Sendable (String) -> Void
+
+    init(report: @escaping @Sendable (String) -> Void) { self.report = report }
 
     func add(_ file: URL, _ error: any Error) {
-        lock.withLock { errors.append((file, (error as? ZeroSegError)?.message ?? "\(error)")) }
+        lock.withLock {
+            errors += 1
+            let message = (error as? ZeroSegError)?.message ?? "\(error)"
+            report("error: " + (message.contains(file.path) ? message : "\(file.path): \(message)"))
+        }
     }
-    var count: Int { lock.withLock { errors.count } }
-    var lines: [String] { lock.withLock { errors.map { "error: \($0.0.path): \($0.1)" } } }
+    var count: Int { lock.withLock { errors } }
 
     func setImage(_ url: URL, _ r: Result<RGBImage, any Error>) { lock.withLock { images[url] = r } }
     func takeImage(_ url: URL) -> Result<RGBImage, any Error> {
