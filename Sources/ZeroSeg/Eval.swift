@@ -241,10 +241,7 @@ public enum Evaluation {
 
     static func decodeLabelPNG(_ bytes: [UInt8], source: String, maxPixels: Int) throws -> LabelMap {
         guard ImageFormat.sniff(bytes) == .png else { throw ZeroSegError("label \(source) is not a PNG file") }
-        if bytes.count >= 24, Array(bytes[12..<16]) == Array("IHDR".utf8) {
-            func be32(_ i: Int) -> Int { Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3]) }
-            try checkPixelLimit(width: be32(16), height: be32(20), maxPixels: maxPixels, source: source)
-        }
+        try checkPNGHeaderLimit(bytes, maxPixels: maxPixels, source: source)
         return try bytes.withUnsafeBufferPointer { buf -> LabelMap in
             guard let p = zs_png_create(buf.baseAddress, buf.count) else {
                 throw ZeroSegError("cannot decode label \(source): out of memory starting libpng")

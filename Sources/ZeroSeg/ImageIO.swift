@@ -186,12 +186,16 @@ func xmpOrientation(_ xmp: [UInt8]) -> Int? {
 
 // MARK: - PNG
 
+/// Checks the size in a PNG's IHDR chunk against the pixel limit before libpng reads anything
+/// else (a bomb may have no more than a header).
+func checkPNGHeaderLimit(_ bytes: [UInt8], maxPixels: Int, source: String) throws {
+    guard bytes.count >= 24, Array(bytes[12..<16]) == Array("IHDR".utf8) else { return }
+    func be32(_ i: Int) -> Int { Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3]) }
+    try checkPixelLimit(width: be32(16), height: be32(20), maxPixels: maxPixels, source: source)
+}
+
 func decodePNG(_ bytes: [UInt8], source: String, maxPixels: Int) throws -> DecodedImage {
-    // Check the IHDR size before libpng reads anything else (a bomb may have no more than a header).
-    if bytes.count >= 24, Array(bytes[12..<16]) == Array("IHDR".utf8) {
-        func be32(_ i: Int) -> Int { Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3]) }
-        try checkPixelLimit(width: be32(16), height: be32(20), maxPixels: maxPixels, source: source)
-    }
+    try checkPNGHeaderLimit(bytes, maxPixels: maxPixels, source: source)
     return try bytes.withUnsafeBufferPointer { buf -> DecodedImage in
         guard let p = zs_png_create(buf.baseAddress, buf.count) else {
             throw ZeroSegError("cannot decode \(source): out of memory starting libpng")

@@ -163,7 +163,7 @@ public func attention(qkv: ConstFloatPtr, out: FloatPtr, scores: FloatPtr, token
                       heads: Int, causal: Bool) {
     let d = w / heads
     let scale = 1 / Float(d).squareRoot()
-    let nt = min(elementThreads(), heads)
+    let threads = elementThreads(), nt = min(threads, heads)
     nonisolated(unsafe) let qkvP = qkv, outP = out, scoresP = scores
     @Sendable func run(_ h0: Int, _ h1: Int, _ s: FloatPtr) {
         for h in h0..<h1 {
@@ -187,7 +187,7 @@ public func attention(qkv: ConstFloatPtr, out: FloatPtr, scores: FloatPtr, token
         defer { s.deallocate() }
         run(h0, h1, s)
     }
-    setBLASThreads(nt)
+    setBLASThreads(threads)
 }
 
 public func attentionReference(qkv: ConstFloatPtr, out: FloatPtr, tokens t: Int, width w: Int, heads: Int, causal: Bool) {

@@ -21,12 +21,7 @@ public func writeNpy(_ data: UnsafeBufferPointer<Float>, shape: [Int], to url: U
     guard shape.allSatisfy({ $0 >= 0 }) else {
         throw ZeroSegError("cannot write \(what) \(url.path): negative dimension in shape \(shape)")
     }
-    var count = 1
-    for d in shape {
-        let (p, overflow) = count.multipliedReportingOverflow(by: d)
-        guard !overflow else { throw ZeroSegError("cannot write \(what) \(url.path): shape \(shape) is too large") }
-        count = p
-    }
+    guard let count = elementCount(shape) else { throw ZeroSegError("cannot write \(what) \(url.path): shape \(shape) is too large") }
     guard count == data.count else {
         throw ZeroSegError("cannot write \(what) \(url.path): shape \(shape) holds \(count) values, not \(data.count)")
     }

@@ -144,12 +144,7 @@ public final class SafetensorsFile: TensorSource, @unchecked Sendable {
             guard b >= 0, en >= b, en <= Int64(dataSize) else {
                 throw bad("tensor \(key) offsets [\(b), \(en)] lie outside the data section (\(dataSize) bytes)")
             }
-            var count = 1
-            for d in shape {
-                let (m, o) = count.multipliedReportingOverflow(by: d)
-                guard !o else { throw bad("tensor \(key) shape overflows") }
-                count = m
-            }
+            guard let count = elementCount(shape) else { throw bad("tensor \(key) shape overflows") }
             guard count * dtype.size == Int(en - b) else {
                 throw bad("tensor \(key) shape \(shape) x \(dtype.rawValue) needs \(count * dtype.size) bytes, offsets give \(en - b)")
             }
@@ -226,4 +221,15 @@ public func writeAtomically(to url: URL, _ body: (FileHandle) throws -> Void) th
 /// Writes data atomically (temporary file + rename).
 public func writeAtomically(_ data: Data, to url: URL) throws {
     try writeAtomically(to: url) { try $0.write(contentsOf: data) }
+}
+
+/// The number of elements of a tensor of this shape (product of the dimensions), nil on overflow.
+func elementCount(_ shape: [Int]) -> Int? {
+    var count = 1
+    for d in shape {
+        let (p, overflow) = count.multipliedReportingOverflow(by: d)
+        if overflow { return nil }
+        count = p
+    }
+    return count
 }

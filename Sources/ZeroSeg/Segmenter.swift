@@ -157,7 +157,7 @@ public final class Segmenter: @unchecked Sendable {
             lap("head")
             var part = chunkBuf
             if let pamr {
-                part = pamr.refine(chunkBuf.count == n * hw ? chunkBuf : Array(chunkBuf[0..<(n * hw)]), channels: n, iterations: options.pamrIterations, threads: threads)
+                part = pamr.refine(chunkBuf, channels: n, iterations: options.pamrIterations, threads: threads)  // channels past n: unused
                 lap("refine")
             }
             for k in 0..<n {

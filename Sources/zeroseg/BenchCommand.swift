@@ -59,12 +59,12 @@ struct BenchCommand: ParsableCommand {
 
         // Image encoder at the model's size.
         if selected.contains("image") {
-        let s = model.config.vision.imageSize
-        let px = Synth.values(name: "pixels", seed: 3, count: 3 * s * s, amplitude: 2)
-        let imgT = try Bench.best(repeats) {
-            _ = try px.withUnsafeBufferPointer { try model.encodePixels($0.baseAddress!, batch: 1, height: s, width: s, threads: t) }
-        }
-        report("image encoder (\(s) px, 1 image)", imgT, flops: Bench.visionFLOPs(model.config, height: s, width: s), floor: rate)
+            let s = model.config.vision.imageSize
+            let px = Synth.values(name: "pixels", seed: 3, count: 3 * s * s, amplitude: 2)
+            let imgT = try Bench.best(repeats) {
+                _ = try px.withUnsafeBufferPointer { try model.encodePixels($0.baseAddress!, batch: 1, height: s, width: s, threads: t) }
+            }
+            report("image encoder (\(s) px, 1 image)", imgT, flops: Bench.visionFLOPs(model.config, height: s, width: s), floor: rate)
         }
 
         // Text: 11 classes x 80 templates.
@@ -72,45 +72,45 @@ struct BenchCommand: ParsableCommand {
         let lengths = model.tokenize(prompts).map(\.count)
         let textFlops = lengths.reduce(0.0) { $0 + Bench.textFLOPs(model.config, tokens: $1) }
         if selected.contains("text") {
-        let textT = try Bench.best(max(1, repeats - 1), warmUp: false) { _ = try model.encodeText(prompts, threads: t) }
-        report("text encoder (\(prompts.count) prompts)", textT, flops: textFlops, floor: rate,
-               extra: "(floor = all tokens of every prompt; shared template prefixes need less)")
+            let textT = try Bench.best(max(1, repeats - 1), warmUp: false) { _ = try model.encodeText(prompts, threads: t) }
+            report("text encoder (\(prompts.count) prompts)", textT, flops: textFlops, floor: rate,
+                   extra: "(floor = all tokens of every prompt; shared template prefixes need less)")
         }
 
         // Segmentation of a 480x360 image.
         if selected.contains("segment") {
-        let image = Self.benchImage(width: 480, height: 360)
-        let seg = try Segmenter(model: model, options: SegmentationOptions(), threads: t)
-        let set = try ClassSet(classes: Self.camvid.map { [$0] })
-        let (ws, hs) = Segmenter.rescaledSize(width: 480, height: 360, shortSide: 336)
-        let wins = Segmenter.windows(height: hs, width: ws, window: 224, stride: 112)
-        let encFlops = Double(wins.count) * Bench.visionFLOPs(model.config, height: 224, width: 224)
-        var cold = Double.infinity, warm = Double.infinity, encoder = Double.infinity
-        for _ in 0..<max(1, repeats - 1) {
-            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zeroseg-bench-\(UUID().uuidString)")
-            defer { try? FileManager.default.removeItem(at: dir) }
-            let cache = TextEmbeddingCache(model: model, root: dir)
-            let t0 = Date()
-            _ = try seg.segment(image, classes: set, queries: try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache))
-            cold = min(cold, Date().timeIntervalSince(t0))
-            let t1 = Date()
-            let r = try seg.segment(image, classes: set, queries: try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache))
-            warm = min(warm, Date().timeIntervalSince(t1))
-            encoder = min(encoder, r.timings["image_encoder"] ?? .nan)
-        }
-        report("segment 480x360 cold (11x80 prompts)", cold, flops: encFlops + textFlops, floor: rate)
-        report("segment 480x360 warm class cache", warm, flops: encFlops, floor: rate,
-               extra: String(format: "(%d windows; their encoder passes %.3f s: x%.2f)", wins.count, encoder, warm / encoder))
+            let image = Self.benchImage(width: 480, height: 360)
+            let seg = try Segmenter(model: model, options: SegmentationOptions(), threads: t)
+            let set = try ClassSet(classes: Self.camvid.map { [$0] })
+            let (ws, hs) = Segmenter.rescaledSize(width: 480, height: 360, shortSide: 336)
+            let wins = Segmenter.windows(height: hs, width: ws, window: 224, stride: 112)
+            let encFlops = Double(wins.count) * Bench.visionFLOPs(model.config, height: 224, width: 224)
+            var cold = Double.infinity, warm = Double.infinity, encoder = Double.infinity
+            for _ in 0..<max(1, repeats - 1) {
+                let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zeroseg-bench-\(UUID().uuidString)")
+                defer { try? FileManager.default.removeItem(at: dir) }
+                let cache = TextEmbeddingCache(model: model, root: dir)
+                let t0 = Date()
+                _ = try seg.segment(image, classes: set, queries: try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache))
+                cold = min(cold, Date().timeIntervalSince(t0))
+                let t1 = Date()
+                let r = try seg.segment(image, classes: set, queries: try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache))
+                warm = min(warm, Date().timeIntervalSince(t1))
+                encoder = min(encoder, r.timings["image_encoder"] ?? .nan)
+            }
+            report("segment 480x360 cold (11x80 prompts)", cold, flops: encFlops + textFlops, floor: rate)
+            report("segment 480x360 warm class cache", warm, flops: encFlops, floor: rate,
+                   extra: String(format: "(%d windows; their encoder passes %.3f s: x%.2f)", wins.count, encoder, warm / encoder))
         }
         // PAMR alone: 11 classes at 480x360, affinities included (10 iterations, dilations 8 and 16).
         if selected.contains("pamr") {
-        let guide = Synth.values(name: "pamr-guide", seed: 5, count: 3 * 360 * 480, amplitude: 2)
-        let masks = Synth.values(name: "pamr-masks", seed: 6, count: 11 * 360 * 480, amplitude: 1)
-        let pamrT = Bench.best(repeats) {
-            let p = PAMR(guide: guide, height: 360, width: 480, dilations: [8, 16])
-            _ = p.refine(masks, channels: 11, iterations: 10, threads: t)
-        }
-        report("PAMR (11 classes at 480x360)", pamrT)
+            let guide = Synth.values(name: "pamr-guide", seed: 5, count: 3 * 360 * 480, amplitude: 2)
+            let masks = Synth.values(name: "pamr-masks", seed: 6, count: 11 * 360 * 480, amplitude: 1)
+            let pamrT = Bench.best(repeats) {
+                let p = PAMR(guide: guide, height: 360, width: 480, dilations: [8, 16])
+                _ = p.refine(masks, channels: 11, iterations: 10, threads: t)
+            }
+            report("PAMR (11 classes at 480x360)", pamrT)
         }
         let rss = Bench.peakRSS()
         print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))
