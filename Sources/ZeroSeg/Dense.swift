@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// How the last vision block is changed so that patch tokens line up with text (training-free
@@ -52,15 +53,30 @@ extension CLIPModel {
         }
         let rows = b * t, heads = l.selfAttn.heads, d = w / heads
         let h = Buffer(rows * w), qkv = Buffer(rows * 3 * w), a = Buffer(rows * w)
-        let s1 = Buffer(t * t), s2 = Buffer(t * t)
         let omega = method == .naclip ? neighbourhoodBias(gh: gh, gw: gw, std: gaussianStd) : nil
-        defer { withExtendedLifetime((h, qkv, a, s1, s2, omega)) {} }
+        defer { withExtendedLifetime((h, qkv, a, omega)) {} }
         l.layerNorm1(x, h.ptr, rows: rows)
-        l.selfAttn.qkv(h.ptr, qkv.ptr, rows: rows)
+        // Only the projections the method reads: qkv[rows, 3W] = q | k | v (unused parts not computed).
+        let wq = l.selfAttn.qkv.weight, bq = l.selfAttn.qkv.bias
+        func project(_ part: Int, _ count: Int) {
+            linear(h.ptr, wq + part * w * w, bq.map { $0 + part * w }, qkv.ptr + part * w, m: rows, n: count * w, k: w, ldo: 3 * w)
+        }
+        switch method {
+        case .maskclip: project(2, 1)
+        case .naclip: project(1, 2)
+        case .clearclip: project(0, 1); project(2, 1)
+        case .sclip, .vanilla: project(0, 3)
+        }
         let scale = 1 / Float(d).squareRoot()
-        for bi in 0..<b {
-            let base = qkv.ptr + bi * t * 3 * w, out = a.ptr + bi * t * w
-            for hd in 0..<heads {
+        // One (image, head) pair per task; the pairs are spread over the BLAS threads, each running
+        // its small products single-threaded.
+        nonisolated(unsafe) let (qkvP, aP, omegaP) = (qkv.ptr, a.ptr, omega?.ptr)
+        @Sendable func run(_ j0: Int, _ j1: Int) {
+            let s1 = Buffer(t * t), s2 = method == .sclip ? Buffer(t * t) : s1
+            defer { withExtendedLifetime((s1, s2)) {} }
+            for j in j0..<j1 {
+                let (bi, hd) = (j / heads, j % heads)
+                let base = qkvP + bi * t * 3 * w, out = aP + bi * t * w
                 let q = base + hd * d, k = base + w + hd * d, v = base + 2 * w + hd * d
                 switch method {
                 case .maskclip:
@@ -69,21 +85,28 @@ extension CLIPModel {
                 case .sclip:
                     gemmNT(q, lda: 3 * w, q, ldb: 3 * w, s1.ptr, ldc: t, m: t, n: t, k: d, alpha: scale)
                     gemmNT(k, lda: 3 * w, k, ldb: 3 * w, s2.ptr, ldc: t, m: t, n: t, k: d, alpha: scale)
-                    softmaxRows(s1.ptr, rows: t, n: t)
-                    softmaxRows(s2.ptr, rows: t, n: t)
+                    for r in 0..<t { zs_softmax_row(s1.ptr + r * t, Int32(t), Int32(t)); zs_softmax_row(s2.ptr + r * t, Int32(t), Int32(t)) }
                     for i in 0..<(t * t) { s1.ptr[i] += s2.ptr[i] }
                 case .clearclip:
                     gemmNT(q, lda: 3 * w, q, ldb: 3 * w, s1.ptr, ldc: t, m: t, n: t, k: d, alpha: scale)
-                    softmaxRows(s1.ptr, rows: t, n: t)
+                    for r in 0..<t { zs_softmax_row(s1.ptr + r * t, Int32(t), Int32(t)) }
                 case .naclip:
                     gemmNT(k, lda: 3 * w, k, ldb: 3 * w, s1.ptr, ldc: t, m: t, n: t, k: d, alpha: scale)
-                    for i in 0..<(t * t) { s1.ptr[i] += omega!.ptr[i] }
-                    softmaxRows(s1.ptr, rows: t, n: t)
+                    for i in 0..<(t * t) { s1.ptr[i] += omegaP![i] }
+                    for r in 0..<t { zs_softmax_row(s1.ptr + r * t, Int32(t), Int32(t)) }
                 case .vanilla:
                     fatalError("handled above")
                 }
                 gemmNN(s1.ptr, lda: t, v, ldb: 3 * w, out + hd * d, ldc: w, m: t, n: d, k: t)
             }
+        }
+        let threads = blasThreads(), tasks = b * heads, nt = min(threads, tasks)
+        if nt <= 1 {
+            run(0, tasks)
+        } else {
+            setBLASThreads(1)
+            DispatchQueue.concurrentPerform(iterations: nt) { i in run(tasks * i / nt, tasks * (i + 1) / nt) }
+            setBLASThreads(threads)
         }
         if method.keepsResidualAndMLP {
             l.selfAttn.outProj(a.ptr, x, rows: rows, accumulate: true)  // x += out_proj(A v)

@@ -13,20 +13,51 @@ public func setBLASThreads(_ n: Int) {
     if openblas_get_num_threads() != Int32(n) { openblas_set_num_threads(Int32(n)) }
 }
 
+/// OpenBLAS's current thread count.
+public func blasThreads() -> Int { Int(openblas_get_num_threads()) }
+
 // MARK: - Matrix products
 
 /// out[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N]) — a Linear layer with PyTorch's [out, in] weight.
 /// `ldx`/`ldo` are row strides (default K and N).
+/// With several BLAS threads and enough rows, the rows are split over the threads, each running a
+/// single-threaded sgemm: at the encoder's sizes (197-1576 rows) OpenBLAS's own threading spends
+/// 10-20% of the time synchronising its workers (docs/benchmarks.md, "row split").
 public func linear(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, _ out: FloatPtr,
                    m: Int, n: Int, k: Int, ldx: Int? = nil, ldo: Int? = nil, accumulate: Bool = false) {
-    let ldo = ldo ?? n
+    let ldx = ldx ?? k, ldo = ldo ?? n
+    let threads = elementThreads(), nt = min(threads, m / linearMinRowsPerThread)
+    if nt > 1 && m * n * k >= linearSplitMinWork {
+        nonisolated(unsafe) let (xp, wp, bp, op) = (x, w, bias, out)
+        setBLASThreads(1)
+        DispatchQueue.concurrentPerform(iterations: nt) { i in
+            // split at multiples of 8 rows (OpenBLAS's micro-kernels work on 4/8-row blocks)
+            let r0 = (m * i / nt) & ~7, r1 = i == nt - 1 ? m : (m * (i + 1) / nt) & ~7
+            linearRows(xp + r0 * ldx, wp, bp, op + r0 * ldo, m: r1 - r0, n: n, k: k, ldx: ldx, ldo: ldo, accumulate: accumulate)
+        }
+        setBLASThreads(threads)
+        return
+    }
+    linearRows(x, w, bias, out, m: m, n: n, k: k, ldx: ldx, ldo: ldo, accumulate: accumulate)
+}
+
+/// Rows per thread below which `linear` leaves the threading to OpenBLAS.
+let linearMinRowsPerThread = 32
+/// m·n·k below which `linear` does not split (the hand-off costs more than it saves).
+let linearSplitMinWork = 1 << 22
+
+/// `linear` on the calling thread's BLAS setting.
+@inline(__always)
+func linearRows(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, _ out: FloatPtr,
+                m: Int, n: Int, k: Int, ldx: Int, ldo: Int, accumulate: Bool) {
+    guard m > 0 else { return }
     var beta: Float = accumulate ? 1 : 0
     if let bias, !accumulate {
         for i in 0..<m { (out + i * ldo).update(from: bias, count: n) }
         beta = 1
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1,
-                x, Int32(ldx ?? k), w, Int32(k), beta, out, Int32(ldo))
+                x, Int32(ldx), w, Int32(k), beta, out, Int32(ldo))
     if let bias, accumulate {
         for i in 0..<m { for j in 0..<n { out[i * ldo + j] += bias[j] } }
     }

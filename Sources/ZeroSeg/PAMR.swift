@@ -10,20 +10,36 @@ public struct PAMR: Sendable {
     /// [P, H, W] softmax-normalised affinities (P = 8 · dilations).
     let affinity: [Float]
 
-    /// guide: [3, H, W] (the normalised image).
-    public init(guide: [Float], height h: Int, width w: Int, dilations: [Int]) {
+    /// guide: [3, H, W] (the normalised image). Rows are split over `threads` workers.
+    public init(guide: [Float], height h: Int, width w: Int, dilations: [Int], threads: Int = 1) {
         height = h; width = w
         let ring = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
         let offs = dilations.flatMap { d in ring.map { ($0.0 * d, $0.1 * d) } }
         offsets = offs
-        let np = offs.count, hw = h * w, k = 3
+        let np = offs.count, hw = h * w
         // Local standard deviation per channel over the 9 positions (centre included) of every
         // dilation, unbiased as torch.std.
         let stdOffs = dilations.flatMap { d in [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0), (0, 1), (1, -1), (1, 0), (1, 1)].map { ($0.0 * d, $0.1 * d) } }
         var aff = [Float](repeating: 0, count: np * hw)
+        let workers = max(1, min(threads, h / 8))
+        guide.withUnsafeBufferPointer { g in
+            aff.withUnsafeMutableBufferPointer { a in
+                nonisolated(unsafe) let (gp, ap) = (g.baseAddress!, a.baseAddress!)
+                DispatchQueue.concurrentPerform(iterations: workers) { wi in
+                    Self.affinityRows((h * wi / workers)..<(h * (wi + 1) / workers), guide: gp, h, w, offs, stdOffs, ap)
+                }
+            }
+        }
+        affinity = aff
+    }
+
+    /// aff[p, y, x] for y in `rows`: softmax over p of −mean_c |g_c(y,x) − g_c(neighbour p)| / (1e-8 + 0.1·std_c).
+    static func affinityRows(_ rows: Range<Int>, guide: UnsafePointer<Float>, _ h: Int, _ w: Int,
+                             _ offs: [(Int, Int)], _ stdOffs: [(Int, Int)], _ aff: UnsafeMutablePointer<Float>) {
+        let np = offs.count, hw = h * w, k = 3
         var vals = [Float](repeating: 0, count: stdOffs.count)
         var diff = [Float](repeating: 0, count: np)
-        for y in 0..<h {
+        for y in rows {
             for x in 0..<w {
                 for p in 0..<np { diff[p] = 0 }
                 for c in 0..<k {
@@ -51,7 +67,6 @@ public struct PAMR: Sendable {
                 for p in 0..<np { aff[p * hw + y * w + x] = diff[p] / s }
             }
         }
-        affinity = aff
     }
 
     /// `iterations` rounds of mask ← Σ_p affinity_p · shift_p(mask) on masks [C, H, W]

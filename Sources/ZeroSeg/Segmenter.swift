@@ -209,7 +209,7 @@ public final class Segmenter: @unchecked Sendable {
         norm.withUnsafeBufferPointer { src in
             guide.withUnsafeMutableBufferPointer { resizeBilinearCHW(src.baseAddress!, channels: 3, height: hs, width: ws, $0.baseAddress!, outHeight: h, outWidth: w) }
         }
-        return PAMR(guide: guide, height: h, width: w, dilations: options.pamrDilations)
+        return PAMR(guide: guide, height: h, width: w, dilations: options.pamrDilations, threads: threads)
     }
 
     /// Logits at the original size (averaged windows, then refined): everything before the softmax.

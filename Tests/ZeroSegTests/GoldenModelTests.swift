@@ -65,6 +65,25 @@ import ZeroSeg
         for (a, b) in zip(fast, ref) { #expect(maxAbsDiff(a, b) < 1e-5) }
     }
 
+    /// The image path without a recorder (last layer for the class token only) gives transformers'
+    /// image embeddings, for every batch size and thread count.
+    @Test func classTokenOnlyLastLayerMatchesTransformers() throws {
+        let model = try CLIPModel(directory: Self.tinyDir)
+        let ref = try Self.stages()
+        let px = try ref.floats("vision.pixel_values"), shape = ref.tensors["vision.pixel_values"]!.shape
+        let embeds = try ref.floats("vision.embeds"), p = model.config.projectionDim
+        let maxRef = Double(embeds.map { abs($0) }.max()!)
+        for threads in [1, 2] {
+            let e = try px.withUnsafeBufferPointer {
+                try model.encodePixels($0.baseAddress!, batch: shape[0], height: shape[2], width: shape[3], normalize: false, threads: threads)
+            }
+            for b in 0..<shape[0] {
+                let err = Double(maxAbsDiff(e[b], Array(embeds[(b * p)..<((b + 1) * p)])))
+                #expect(err <= 2e-5 * max(1, maxRef), "image \(b), \(threads) threads: max abs error \(err)")
+            }
+        }
+    }
+
     /// Strict loading: a missing, an extra, or a mis-shaped tensor is named in the error.
     @Test func strictLoading() throws {
         let cfg = SyntheticArch.tiny.config

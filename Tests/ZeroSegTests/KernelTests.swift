@@ -17,6 +17,27 @@ import ZeroSeg
         #expect(maxAbsDiff(acc, ref.map { $0 + 1 }) < 1e-5)
     }
 
+    /// Enough rows and work for the row-split path (rows over threads, single-threaded sgemm each),
+    /// with a row count that is not a multiple of 8; the caller's BLAS thread count is restored.
+    @Test func linearRowSplitMatchesReference() {
+        let (m, n, k) = (203, 150, 140)
+        let x = randomFloats(m * k, seed: 11), w = randomFloats(n * k, seed: 12), b = randomFloats(n, seed: 13)
+        for threads in [2, 3] {
+            setBLASThreads(threads)
+            var fast = [Float](repeating: 0, count: m * n), ref = fast
+            linear(x, w, b, &fast, m: m, n: n, k: k)
+            #expect(blasThreads() == threads)
+            linearReference(x, w, b, &ref, m: m, n: n, k: k)
+            #expect(maxAbsDiff(fast, ref) < 1e-4)
+            var acc = [Float](repeating: 1, count: m * n)
+            linear(x, w, nil, &acc, m: m, n: n, k: k, accumulate: true)
+            var refNoBias = ref
+            linearReference(x, w, nil, &refNoBias, m: m, n: n, k: k)
+            #expect(maxAbsDiff(acc, refNoBias.map { $0 + 1 }) < 1e-4)
+        }
+        setBLASThreads(2)
+    }
+
     @Test func layerNormMatchesReference() {
         let (r, c) = (5, 67)
         let x = randomFloats(r * c, seed: 4).map { $0 * 3 + 2 }, w = randomFloats(c, seed: 5), b = randomFloats(c, seed: 6)
