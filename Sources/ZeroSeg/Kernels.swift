@@ -20,20 +20,28 @@ public func blasThreads() -> Int { Int(openblas_get_num_threads()) }
 
 /// out[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N]) — a Linear layer with PyTorch's [out, in] weight.
 /// `ldx`/`ldo` are row strides (default K and N).
-/// With several BLAS threads and enough rows, the rows are split over the threads, each running a
-/// single-threaded sgemm: at the encoder's sizes (197-1576 rows) OpenBLAS's own threading spends
-/// 10-20% of the time synchronising its workers (docs/benchmarks.md, "row split").
+/// With several BLAS threads and enough work, the product is split over the threads, each running
+/// a single-threaded sgemm on a block of output columns (weight rows) when M < N, else of rows:
+/// each thread then packs the smaller operand whole and its part of the larger one. At the
+/// encoder's sizes this beats OpenBLAS's own threading, which synchronises its workers around the
+/// shared packed panel (docs/benchmarks.md, "split").
 public func linear(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, _ out: FloatPtr,
                    m: Int, n: Int, k: Int, ldx: Int? = nil, ldo: Int? = nil, accumulate: Bool = false) {
     let ldx = ldx ?? k, ldo = ldo ?? n
-    let threads = elementThreads(), nt = min(threads, m / linearMinRowsPerThread)
+    let threads = elementThreads(), byColumns = m < n
+    let nt = min(threads, (byColumns ? n : m) / linearMinRowsPerThread)
     if nt > 1 && m * n * k >= linearSplitMinWork {
         nonisolated(unsafe) let (xp, wp, bp, op) = (x, w, bias, out)
         setBLASThreads(1)
         DispatchQueue.concurrentPerform(iterations: nt) { i in
-            // split at multiples of 8 rows (OpenBLAS's micro-kernels work on 4/8-row blocks)
-            let r0 = (m * i / nt) & ~7, r1 = i == nt - 1 ? m : (m * (i + 1) / nt) & ~7
-            linearRows(xp + r0 * ldx, wp, bp, op + r0 * ldo, m: r1 - r0, n: n, k: k, ldx: ldx, ldo: ldo, accumulate: accumulate)
+            // block edges at multiples of 16 (OpenBLAS's micro-kernel tiles)
+            let len = byColumns ? n : m
+            let e0 = (len * i / nt) & ~15, e1 = i == nt - 1 ? len : (len * (i + 1) / nt) & ~15
+            if byColumns {
+                linearRows(xp, wp + e0 * k, bp.map { $0 + e0 }, op + e0, m: m, n: e1 - e0, k: k, ldx: ldx, ldo: ldo, accumulate: accumulate)
+            } else {
+                linearRows(xp + e0 * ldx, wp, bp, op + e0 * ldo, m: e1 - e0, n: n, k: k, ldx: ldx, ldo: ldo, accumulate: accumulate)
+            }
         }
         setBLASThreads(threads)
         return
@@ -41,7 +49,7 @@ public func linear(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr
     linearRows(x, w, bias, out, m: m, n: n, k: k, ldx: ldx, ldo: ldo, accumulate: accumulate)
 }
 
-/// Rows per thread below which `linear` leaves the threading to OpenBLAS.
+/// Rows (or columns) per thread below which `linear` leaves the threading to OpenBLAS.
 let linearMinRowsPerThread = 32
 /// m·n·k below which `linear` does not split (the hand-off costs more than it saves).
 let linearSplitMinWork = 1 << 22
@@ -50,7 +58,7 @@ let linearSplitMinWork = 1 << 22
 @inline(__always)
 func linearRows(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, _ out: FloatPtr,
                 m: Int, n: Int, k: Int, ldx: Int, ldo: Int, accumulate: Bool) {
-    guard m > 0 else { return }
+    guard m > 0, n > 0 else { return }
     var beta: Float = accumulate ? 1 : 0
     if let bias, !accumulate {
         for i in 0..<m { (out + i * ldo).update(from: bias, count: n) }

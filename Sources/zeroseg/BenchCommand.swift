@@ -22,16 +22,22 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also write the results as JSON to this file.")
     var json: String?
 
-    @Option(help: "Comma-separated cases to run: image, text, segment, pamr (default: all).")
-    var cases: String = "image,text,segment,pamr"
+    @Option(help: "Comma-separated cases to run: image, text, segment, pamr, folder (default: all).")
+    var cases: String = "image,text,segment,pamr,folder"
+
+    @Option(help: "Images in the folder case.")
+    var folderImages: Int = 8
 
     var selected: Set<String> { Set(cases.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
 
     func validate() throws {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
-        let unknown = selected.subtracting(["image", "text", "segment", "pamr"])
-        guard unknown.isEmpty else { throw ValidationError("unknown --cases \(unknown.sorted().joined(separator: ", ")): use image, text, segment, pamr") }
+        let unknown = selected.subtracting(Self.allCases)
+        guard unknown.isEmpty else { throw ValidationError("unknown --cases \(unknown.sorted().joined(separator: ", ")): use \(Self.allCases.sorted().joined(separator: ", "))") }
+        guard folderImages >= 1 else { throw ValidationError("--folder-images must be at least 1") }
     }
+
+    static let allCases: Set<String> = ["image", "text", "segment", "pamr", "folder"]
 
     static let camvid = ["sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian", "bicyclist"]
 
@@ -112,6 +118,34 @@ struct BenchCommand: ParsableCommand {
             }
             report("PAMR (11 classes at 480x360)", pamrT)
         }
+        // A folder of 480x360 PNGs through the CLI's pipeline (decode next / segment / write
+        // previous), warm class cache, all outputs written: images per second.
+        if selected.contains("folder") {
+            let n = folderImages
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zeroseg-bench-folder-\(UUID().uuidString)")
+            defer { try? FileManager.default.removeItem(at: dir) }
+            let inDir = dir.appendingPathComponent("in"), outDir = dir.appendingPathComponent("out")
+            try FileManager.default.createDirectory(at: inDir, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
+            let files = try (0..<n).map { i -> URL in
+                let u = inDir.appendingPathComponent(String(format: "street%03d.png", i))
+                try writeRGBPNG(Self.benchImage(width: 480, height: 360, seed: UInt64(10 + i)), to: u)
+                return u
+            }
+            let cmd = try Segment.parse(["--classes", Self.camvid.joined(separator: ","), "--out", outDir.path, "--quiet", files[0].path])
+            let seg = try Segmenter(model: model, options: cmd.seg.options(), threads: t)
+            let set = try cmd.seg.classSet()
+            let cache = TextEmbeddingCache(model: model, root: dir.appendingPathComponent("cache"))
+            let queries = try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache)
+            let quiet = Progress(total: n, quiet: true)
+            var failed = 0
+            let folderT = Bench.best(max(1, repeats - 1), warmUp: false) {
+                failed = cmd.segmentFiles(files, model: model, segmenter: seg, set: set, queries: queries, textSeconds: 0, into: outDir, progress: quiet)
+            }
+            guard failed == 0 else { throw ZeroSegError("bench: \(failed) folder image(s) failed") }
+            report("folder of \(n) images 480x360 (pipeline)", folderT,
+                   extra: String(format: "%.2f images/s, decode + segment + write", Double(n) / folderT))
+        }
         let rss = Bench.peakRSS()
         print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))
         if let json {
@@ -125,9 +159,9 @@ struct BenchCommand: ParsableCommand {
     }
 
     /// A deterministic street-like picture (timing does not depend on content).
-    static func benchImage(width w: Int, height h: Int) -> RGBImage {
+    static func benchImage(width w: Int, height h: Int, seed: UInt64 = 4) -> RGBImage {
         var px = [Float](repeating: 0, count: w * h * 3)
-        let noise = Synth.values(name: "bench-image", seed: 4, count: w * h, amplitude: 20)
+        let noise = Synth.values(name: "bench-image", seed: seed, count: w * h, amplitude: 20)
         for y in 0..<h {
             for x in 0..<w {
                 let sky = y < h / 3, road = y > 2 * h / 3

@@ -43,12 +43,26 @@ struct Segment: ParsableCommand {
         let cache = TextEmbeddingCache(model: model)
         let queries = try segmenter.queryEmbeddings(set, templates: templates, cache: cache)
         let textSeconds = Date().timeIntervalSince(t0)
-        let palette = classPalette(count: set.classes.count)
         let progress = Progress(total: files.count, quiet: quiet)
-        // A folder runs as a pipeline that keeps both cores busy: while image i is segmented
-        // (the encoder uses every thread), image i+1 is decoded and image i-1's outputs are
-        // rendered and written (PNG compression, overlay) on other threads. Results and errors
-        // are those of the plain loop; at most one image waits to be written.
+        let failed = segmentFiles(files, model: model, segmenter: segmenter, set: set, queries: queries,
+                                  textSeconds: textSeconds, into: outDir, progress: progress)
+        progress.update(files.count, "done")
+        progress.finish()
+        if model.isSynthetic { printErr("warning: made with SYNTHETIC random weights: the labels are meaningless") }
+        if failed > 0 {
+            printErr("error: \(failed) of \(files.count) image(s) failed")
+            throw ExitCode(1)
+        }
+    }
+
+    /// Segments `files` into `outDir` and returns how many failed (each reported on stderr).
+    /// A folder runs as a pipeline that keeps both cores busy: while image i is segmented
+    /// (the encoder uses every thread), image i+1 is decoded and image i-1's outputs are
+    /// rendered and written (PNG compression, overlay) on other threads. Results and errors
+    /// are those of the plain loop; at most one image waits to be written.
+    func segmentFiles(_ files: [URL], model: CLIPModel, segmenter: Segmenter, set: ClassSet, queries: [[Float]],
+                      textSeconds: Double, into outDir: URL, progress: Progress) -> Int {
+        let palette = classPalette(count: set.classes.count)
         let clearLine = progress.enabled  // an error line replaces the progress line, which is redrawn next
         let errors = ErrorLog { line in printErr((clearLine ? "\r\u{1B}[K" : "") + line) }
         let writer = DispatchQueue(label: "zeroseg.write"), decoder = DispatchQueue(label: "zeroseg.decode")
@@ -89,14 +103,7 @@ struct Segment: ParsableCommand {
             }
         }
         writer.sync {}
-        let failed = errors.count
-        progress.update(files.count, "done")
-        progress.finish()
-        if model.isSynthetic { printErr("warning: made with SYNTHETIC random weights: the labels are meaningless") }
-        if failed > 0 {
-            printErr("error: \(failed) of \(files.count) image(s) failed")
-            throw ExitCode(1)
-        }
+        return errors.count
     }
 
     func writeOutputs(_ r: SegmentationResult, image: RGBImage, input: URL, stem: String, set: ClassSet,

@@ -17,10 +17,12 @@ import ZeroSeg
         #expect(maxAbsDiff(acc, ref.map { $0 + 1 }) < 1e-5)
     }
 
-    /// Enough rows and work for the row-split path (rows over threads, single-threaded sgemm each),
-    /// with a row count that is not a multiple of 8; the caller's BLAS thread count is restored.
-    @Test func linearRowSplitMatchesReference() {
-        let (m, n, k) = (203, 150, 140)
+    /// Enough work for the split paths (single-threaded sgemm per thread on blocks of rows when
+    /// M >= N, of columns when M < N), with sizes that are not multiples of 16; the caller's BLAS
+    /// thread count is restored.
+    @Test(arguments: [(203, 150, 140), (97, 301, 150)])
+    func linearSplitMatchesReference(_ shape: (Int, Int, Int)) {
+        let (m, n, k) = shape
         let x = randomFloats(m * k, seed: 11), w = randomFloats(n * k, seed: 12), b = randomFloats(n, seed: 13)
         for threads in [2, 3] {
             setBLASThreads(threads)
