@@ -12,12 +12,15 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
-        // C system libraries (Debian: libopenblas-dev libjpeg-dev libpng-dev libutf8proc-dev zlib1g-dev)
+        // C system libraries (Debian: libopenblas-dev libjpeg-dev libpng-dev libutf8proc-dev zlib1g-dev
+        // libvlfeat-dev)
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
         .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
         .systemLibrary(name: "CUTF8Proc", path: "Sources/CUTF8Proc"),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        // VLFeat's SLIC superpixels for the two-stage mode's mask proposals
+        .systemLibrary(name: "CVLFeat", path: "Sources/CVLFeat"),
         // FreeType 2 for the overlay legend's text (Debian: libfreetype-dev)
         .systemLibrary(name: "CFreeType", path: "Sources/CFreeType", pkgConfig: "freetype2",
                        providers: [.apt(["libfreetype-dev"])]),
@@ -35,7 +38,7 @@ let package = Package(
         ),
         .target(
             name: "ZeroSeg",
-            dependencies: ["CKernels", "CBLAS", "CJPEG", "CPNG", "CUTF8Proc", "CZlib", "CImageShim", "CFreeType",
+            dependencies: ["CKernels", "CBLAS", "CJPEG", "CPNG", "CUTF8Proc", "CZlib", "CImageShim", "CFreeType", "CVLFeat",
                            .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),

@@ -55,7 +55,8 @@ int zs_png_write_fd(int fd, uint32_t width, uint32_t height, int color_type,
     int result = -1;
 
     if (message_len > 0) message[0] = 0;
-    if (color_type != PNG_COLOR_TYPE_PALETTE && color_type != PNG_COLOR_TYPE_RGB) {
+    if (color_type != PNG_COLOR_TYPE_PALETTE && color_type != PNG_COLOR_TYPE_RGB &&
+        color_type != PNG_COLOR_TYPE_GRAY) {
         snprintf(message, message_len, "unsupported PNG colour type %d", color_type);
         return -1;
     }

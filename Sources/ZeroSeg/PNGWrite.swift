@@ -121,6 +121,17 @@ public func writeRGBPNG(_ img: RGBImage, to url: URL) throws {
                  plte: [], pixels: bytes)
 }
 
+/// Writes 8-bit greyscale samples (row-major, `width * height` bytes) as a greyscale PNG
+/// (colour type 0). Atomic like `writeLabelPNG`.
+public func writeGreyPNG(_ samples: [UInt8], width: Int, height: Int, to url: URL, what: String = "greyscale PNG") throws {
+    try checkPNGSize(width: width, height: height, what: what, url: url)
+    guard samples.count == width * height else {
+        throw ZeroSegError("cannot write \(what) \(url.path): \(samples.count) samples for a \(width)x\(height) picture")
+    }
+    try writePNG(url, what: what, width: width, height: height, colorType: PNG_COLOR_TYPE_GRAY,
+                 plte: [], pixels: samples)
+}
+
 private func checkPNGSize(width: Int, height: Int, what: String, url: URL) throws {
     // PNG allows 1 ... 2^31 - 1 in each direction.
     guard (1...Int(Int32.max)).contains(width), (1...Int(Int32.max)).contains(height) else {

@@ -57,8 +57,9 @@ int zs_png_read_end(zs_png *p);
 
 /// Writes a complete 8-bit, non-interlaced PNG to the open file descriptor `fd` (not closed).
 /// color_type: PNG_COLOR_TYPE_PALETTE (3; `pixels` holds one index per pixel and `plte`
-/// holds `plte_count` RGB triples, 1...256) or PNG_COLOR_TYPE_RGB (2; `pixels` holds RGB
-/// triples; `plte` ignored). `pixels` is row-major without padding.
+/// holds `plte_count` RGB triples, 1...256), PNG_COLOR_TYPE_RGB (2; `pixels` holds RGB
+/// triples; `plte` ignored) or PNG_COLOR_TYPE_GRAY (0; one byte per pixel; `plte` ignored).
+/// `pixels` is row-major without padding.
 /// Returns 0 on success; otherwise nonzero with a one-line reason in `message`.
 int zs_png_write_fd(int fd, uint32_t width, uint32_t height, int color_type,
                     const uint8_t *plte, int plte_count, const uint8_t *pixels,

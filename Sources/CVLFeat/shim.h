@@ -1,0 +1,2 @@
+// VLFeat 0.9.21 (Debian: libvlfeat-dev): SLIC superpixels.
+#include <vl/slic.h>
