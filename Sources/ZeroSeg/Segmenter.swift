@@ -225,9 +225,12 @@ public final class Segmenter: @unchecked Sendable {
         let normalised: [Float]
         let width: Int, height: Int
         let windows: [(y1: Int, x1: Int, y2: Int, x2: Int)]
+        /// With `collectFeatures`: the windows' patch embeddings averaged on the rescaled image's
+        /// patch grid (a patch counts for the cell holding its centre).
+        var features: FeatureGrid? = nil
     }
 
-    func windowLogits(_ image: RGBImage, queries: [[Float]], timings: inout [String: Double]) throws -> WindowLogits {
+    func windowLogits(_ image: RGBImage, queries: [[Float]], collectFeatures: Bool = false, timings: inout [String: Double]) throws -> WindowLogits {
         guard !queries.isEmpty else { throw ZeroSegError("no queries") }
         let o = options, p = model.config.vision.patchSize
         var clock = Date()
@@ -252,6 +255,9 @@ public final class Segmenter: @unchecked Sendable {
             wins = [(0, 0, hs, ws)]
         }
         let count = Buffer(zeros: hs * ws)
+        let fgh = max(1, hs / p), fgw = max(1, ws / p)
+        var featSum = collectFeatures ? [Float](repeating: 0, count: fgh * fgw * dim) : []
+        var featCount = collectFeatures ? [Int](repeating: 0, count: fgh * fgw) : []
         // Windows of one size are encoded together, in batches.
         var i = 0
         while i < wins.count {
@@ -285,6 +291,16 @@ public final class Segmenter: @unchecked Sendable {
                     }
                 }
                 for y in win.y1..<win.y2 { for x in win.x1..<win.x2 { count.ptr[y * ws + x] += 1 } }
+                if collectFeatures {
+                    for py in 0..<gh {
+                        for px in 0..<gw {
+                            let cy = min(fgh - 1, (win.y1 + py * p + p / 2) / p), cx = min(fgw - 1, (win.x1 + px * p + p / 2) / p)
+                            let cell = cy * fgw + cx, src = emb.ptr + (bi * g + py * gw + px) * dim
+                            featCount[cell] += 1
+                            for d in 0..<dim { featSum[cell * dim + d] += src[d] }
+                        }
+                    }
+                }
             }
             withExtendedLifetime((px, emb, lg, up)) {}
             lap("head")
@@ -292,7 +308,14 @@ public final class Segmenter: @unchecked Sendable {
         }
         for c in 0..<q { for k in 0..<(hs * ws) { preds.ptr[c * hs * ws + k] /= count.ptr[k] } }
         withExtendedLifetime((qbuf, count)) {}
-        return WindowLogits(logits: preds, normalised: norm, width: ws, height: hs, windows: wins)
+        var result = WindowLogits(logits: preds, normalised: norm, width: ws, height: hs, windows: wins)
+        if collectFeatures {
+            for (cell, n) in featCount.enumerated() where n > 1 {
+                for d in 0..<dim { featSum[cell * dim + d] /= Float(n) }
+            }
+            result.features = FeatureGrid(height: fgh, width: fgw, dim: dim, data: featSum)
+        }
+        return result
     }
 
     func logits(_ image: RGBImage, queries: [[Float]], keepRaw: Bool, timings: inout [String: Double]) throws -> (SegmentationInternals, [String: Double]) {
@@ -314,6 +337,25 @@ public final class Segmenter: @unchecked Sendable {
         let internals = SegmentationInternals(rawLogits: raw, refinedLogits: refined, rescaled: win.normalised,
                                               rescaledWidth: win.width, rescaledHeight: win.height, windows: win.windows)
         return (internals, timings)
+    }
+
+    /// Logits [Q, H, W] at the original size (refined when PAMR is on) and the dense-feature grid
+    /// of the same pass (for two-stage proposals and mask pooling).
+    public func logitsAndFeatures(_ image: RGBImage, queries: [[Float]], timings: inout [String: Double]) throws -> ([Float], FeatureGrid) {
+        let win = try windowLogits(image, queries: queries, collectFeatures: true, timings: &timings)
+        var clock = Date()
+        func lap(_ name: String) { let now = Date(); timings[name, default: 0] += now.timeIntervalSince(clock); clock = now }
+        let q = queries.count, (h, w) = (image.height, image.width)
+        var raw = [Float](repeating: 0, count: q * h * w)
+        raw.withUnsafeMutableBufferPointer { resizeBilinearCHW(win.logits.ptr, channels: q, height: win.height, width: win.width, $0.baseAddress!, outHeight: h, outWidth: w) }
+        lap("head")
+        if options.refine == .pamr {
+            let pamr = makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h)
+            raw = pamr.refine(raw, channels: q, iterations: options.pamrIterations, threads: threads)
+            lap("refine")
+        }
+        withExtendedLifetime(win.logits) {}
+        return (raw, win.features!)
     }
 
     /// Scores and labels from logits [Q, H, W]: ×logit scale, softmax over queries, max over each

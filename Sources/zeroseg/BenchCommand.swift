@@ -139,8 +139,8 @@ struct BenchCommand: ParsableCommand {
             let queries = try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache)
             let quiet = Progress(total: n, quiet: true)
             var failed = 0
-            let folderT = Bench.best(max(1, repeats - 1), warmUp: false) {
-                failed = cmd.segmentFiles(files, model: model, segmenter: seg, set: set, queries: queries, textSeconds: 0, into: outDir, progress: quiet)
+            let folderT = try Bench.best(max(1, repeats - 1), warmUp: false) {
+                failed = try cmd.segmentFiles(files, model: model, segmenter: seg, set: set, queries: queries, textSeconds: 0, into: outDir, progress: quiet)
             }
             guard failed == 0 else { throw ZeroSegError("bench: \(failed) folder image(s) failed") }
             report("folder of \(n) images 480x360 (pipeline)", folderT,

@@ -88,6 +88,7 @@ struct Eval: ParsableCommand {
             printErr("WARNING: \(model.source) is a synthetic model with random weights: the scores will be meaningless")
         }
         let segmenter = try Segmenter(model: model, options: seg.options(), threads: options.threads)
+        let twoStage = seg.mode == .twoStage ? try TwoStageSegmenter(segmenter: segmenter, options: seg.twoStageOptions()) : nil
         let t1 = Date()
         let queries = try segmenter.queryEmbeddings(set, templates: templates, cache: TextEmbeddingCache(model: model))
         let tText = Date().timeIntervalSince(t1)
@@ -103,7 +104,13 @@ struct Eval: ParsableCommand {
                 let label = try Evaluation.loadLabelMap(p.label)
                 let image = try RGBImage.load(p.image)
                 try checkSameSize(image, label, p)
-                let r = try segmenter.segment(image, classes: set, queries: queries)
+                let r: SegmentationResult
+                if let twoStage {
+                    let masks = try seg.externalMasks(for: p.image, singleInput: false, width: image.width, height: image.height)
+                    r = try twoStage.segment(image, classes: set, queries: queries, masks: masks).result
+                } else {
+                    r = try segmenter.segment(image, classes: set, queries: queries)
+                }
                 try matrix.add(prediction: r.labels, label: label.values, ignore: ignore, reduceZeroLabel: reduceZeroLabel,
                                source: p.label.path)
                 if savePredictions, let outDir {

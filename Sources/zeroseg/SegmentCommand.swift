@@ -21,6 +21,9 @@ struct Segment: ParsableCommand {
     @Flag(help: "Also write NAME.scores.npy: float32 [classes, H, W] per-class probabilities.")
     var scores = false
 
+    @Flag(help: "Two-stage: also write the masks used, OUT/NAME/NNN.png (255 inside), and OUT/NAME.proposals.json.")
+    var saveProposals = false
+
     @Flag(help: "No progress display.")
     var quiet = false
 
@@ -29,6 +32,7 @@ struct Segment: ParsableCommand {
 
     func validate() throws {
         if inputs.isEmpty { throw ValidationError("give at least one IMAGE or folder") }
+        if saveProposals && seg.mode != .twoStage { throw ValidationError("--save-proposals needs --mode two-stage") }
     }
 
     func run() throws {
@@ -44,7 +48,7 @@ struct Segment: ParsableCommand {
         let queries = try segmenter.queryEmbeddings(set, templates: templates, cache: cache)
         let textSeconds = Date().timeIntervalSince(t0)
         let progress = Progress(total: files.count, quiet: quiet)
-        let failed = segmentFiles(files, model: model, segmenter: segmenter, set: set, queries: queries,
+        let failed = try segmentFiles(files, model: model, segmenter: segmenter, set: set, queries: queries,
                                   textSeconds: textSeconds, into: outDir, progress: progress)
         progress.update(files.count, "done")
         progress.finish()
@@ -61,8 +65,9 @@ struct Segment: ParsableCommand {
     /// rendered and written (PNG compression, overlay) on other threads. Results and errors
     /// are those of the plain loop; at most one image waits to be written.
     func segmentFiles(_ files: [URL], model: CLIPModel, segmenter: Segmenter, set: ClassSet, queries: [[Float]],
-                      textSeconds: Double, into outDir: URL, progress: Progress) -> Int {
+                      textSeconds: Double, into outDir: URL, progress: Progress) throws -> Int {
         let palette = classPalette(count: set.classes.count)
+        let twoStage = seg.mode == .twoStage ? try TwoStageSegmenter(segmenter: segmenter, options: seg.twoStageOptions()) : nil
         let clearLine = progress.enabled  // an error line replaces the progress line, which is redrawn next
         let errors = ErrorLog { line in printErr((clearLine ? "\r\u{1B}[K" : "") + line) }
         let writer = DispatchQueue(label: "zeroseg.write"), decoder = DispatchQueue(label: "zeroseg.decode")
@@ -82,7 +87,14 @@ struct Segment: ParsableCommand {
             do {
                 let start = Date()
                 let image = try decoded.get()
-                let r = try segmenter.segment(image, classes: set, queries: queries, wantScores: scores)
+                let r: SegmentationResult, regions: [RegionScore]?
+                if let twoStage {
+                    let masks = try seg.externalMasks(for: file, singleInput: files.count == 1, width: image.width, height: image.height)
+                    let t = try twoStage.segment(image, classes: set, queries: queries, masks: masks, wantScores: scores)
+                    (r, regions) = (t.result, t.regions)
+                } else {
+                    (r, regions) = (try segmenter.segment(image, classes: set, queries: queries, wantScores: scores), nil)
+                }
                 let stem = file.deletingPathExtension().lastPathComponent
                 var timings = r.timings
                 timings["text"] = i == 0 ? textSeconds : 0
@@ -93,7 +105,7 @@ struct Segment: ParsableCommand {
                     defer { writeSlot.signal() }
                     do {
                         try me.writeOutputs(r, image: image, input: file, stem: stem, set: set, palette: palette, model: model,
-                                            timings: finalTimings, into: outDir)
+                                            timings: finalTimings, regions: regions, into: outDir)
                     } catch {
                         errors.add(file, error)
                     }
@@ -107,12 +119,14 @@ struct Segment: ParsableCommand {
     }
 
     func writeOutputs(_ r: SegmentationResult, image: RGBImage, input: URL, stem: String, set: ClassSet,
-                      palette: [(UInt8, UInt8, UInt8)], model: CLIPModel, timings: [String: Double], into dir: URL) throws {
+                      palette: [(UInt8, UInt8, UInt8)], model: CLIPModel, timings: [String: Double],
+                      regions: [RegionScore]? = nil, into dir: URL) throws {
         // Everything is rendered first, then written file by file (each atomically); if any write
         // fails, the files already written for this input are removed: nothing half-written.
         let names = set.displayNames
         let overlay = try renderOverlay(image: image, labels: r.labels, classNames: names, areaFractions: r.areaFraction,
-                                        palette: palette, alpha: 0.5, title: "zeroseg \(seg.method.rawValue)",
+                                        palette: palette, alpha: 0.5,
+                                        title: "zeroseg \(seg.method.rawValue)\(regions != nil ? " two-stage" : "")",
                                         footer: model.isSynthetic ? "SYNTHETIC WEIGHTS: meaningless" : nil)
         var classes: [[String: Any]] = []
         for (i, syn) in set.classes.enumerated() {
@@ -121,7 +135,8 @@ struct Segment: ParsableCommand {
                             "area": r.areaFraction[i], "mean_score": r.meanScore[i]])
         }
         let unlabelled = 1 - r.areaFraction.reduce(0, +)
-        let obj: [String: Any] = [
+        let maskFiles = regions.map { rs in rs.indices.map { "\(stem)/" + proposalMaskFileName($0, count: rs.count) } }
+        var obj: [String: Any] = [
             "image": input.path, "width": r.width, "height": r.height,
             "classes": classes, "background_or_unlabelled_area": max(0, unlabelled),
             "settings": seg.settingsJSON(),
@@ -129,6 +144,7 @@ struct Segment: ParsableCommand {
             "zeroseg": ZeroSeg.version,
             "timings": timings,
         ]
+        if let regions { obj["regions"] = regionsJSON(regions, set: set, files: saveProposals ? maskFiles : nil) }
         let json = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         var written: [URL] = []
         func out(_ suffix: String) -> URL { let u = dir.appendingPathComponent(stem + suffix); written.append(u); return u }
@@ -138,11 +154,35 @@ struct Segment: ParsableCommand {
             if let s = r.scores {
                 try writeNpy(s, shape: [set.classes.count, r.height, r.width], to: out(".scores.npy"))
             }
+            if saveProposals, let regions {
+                let maskDir = dir.appendingPathComponent(stem)
+                for f in maskFiles ?? [] { written.append(dir.appendingPathComponent(f)) }
+                _ = try writeProposalMasks(regions.map(\.mask), to: maskDir, removingStale: true)
+                let pj = try JSONSerialization.data(withJSONObject: ["image": input.path, "width": r.width, "height": r.height,
+                                                                      "masks": regionsJSON(regions, set: set, files: maskFiles)],
+                                                    options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+                try writeAtomically(pj, to: out(".proposals.json"))
+            }
             try writeAtomically(json, to: out(".json"))
         } catch {
             for u in written { try? FileManager.default.removeItem(at: u) }
             throw error
         }
+    }
+}
+
+/// Per region: index, source, area, box [x0, y0, x1, y1) end-exclusive, pixels it decided, and the
+/// three most likely classes (the background row is "background").
+func regionsJSON(_ regions: [RegionScore], set: ClassSet, files: [String]?) -> [[String: Any]] {
+    let names = set.classes.map { $0[0] } + (set.background.isEmpty ? [] : ["background"])
+    return regions.enumerated().map { i, r in
+        let top = r.probabilities.indices.sorted { r.probabilities[$0] > r.probabilities[$1] }.prefix(3)
+        var j: [String: Any] = ["index": i, "source": r.mask.source, "area": r.mask.area,
+                                "bbox": [r.mask.bbox.x0, r.mask.bbox.y0, r.mask.bbox.x1, r.mask.bbox.y1],
+                                "owned_pixels": r.ownedPixels,
+                                "top": top.map { ["class": names[$0], "probability": Double(r.probabilities[$0])] }]
+        if let files { j["file"] = files[i] }
+        return j
     }
 }
 
