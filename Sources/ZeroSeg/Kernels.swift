@@ -99,6 +99,14 @@ func gemmNT(_ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: Flo
                 a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
 
+/// c[M, N] = alpha · a[K, M]ᵀ · b[K, N] (+ beta · c) with explicit row strides.
+@inline(__always)
+func gemmTN(_ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: FloatPtr, ldc: Int,
+            m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
+                a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
 // MARK: - Layer norm
 
 /// out[M, C] = (x - mean) / sqrt(var + eps) · w + b, per row (biased variance, as torch).

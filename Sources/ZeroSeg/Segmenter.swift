@@ -63,19 +63,33 @@ public final class Segmenter: @unchecked Sendable {
     public let model: CLIPModel
     public let options: SegmentationOptions
     public let threads: Int
+    /// Learned prompts (`zeroseg tune`): CoOp class embeddings, the patch adapter and the learned
+    /// logit scale (which replaces `options.logitScale`).
+    public let prompts: LearnedPrompts?
 
-    public init(model: CLIPModel, options: SegmentationOptions = SegmentationOptions(), threads: Int = defaultThreads) throws {
+    public init(model: CLIPModel, options: SegmentationOptions = SegmentationOptions(), threads: Int = defaultThreads,
+                prompts: LearnedPrompts? = nil) throws {
         try options.validate()
+        var o = options
+        if let prompts {
+            guard prompts.dim == model.config.projectionDim, prompts.textWidth == model.config.text.hiddenSize else {
+                throw ZeroSegError("the prompts do not fit this model")
+            }
+            o.logitScale = prompts.scale
+        }
         self.model = model
-        self.options = options
+        self.options = o
         self.threads = threads
+        self.prompts = prompts
     }
 
     // MARK: Text
 
     /// Query embeddings [Q, P]: for each name, the L2-normalised embeddings of every template,
     /// averaged and re-normalised. With a cache, names already encoded are read from disk.
+    /// With learned prompts: one CoOp prompt per name instead (templates and cache unused).
     public func queryEmbeddings(_ set: ClassSet, templates: [String], cache: TextEmbeddingCache? = nil) throws -> [[Float]] {
+        if let prompts { return try model.promptQueries(set, prompts: prompts) }
         let names = set.queries.map(\.name)
         var out = [[Float]?](repeating: nil, count: names.count)
         if let cache { for (i, n) in names.enumerated() { out[i] = cache.load(name: n, templates: templates) } }
@@ -277,6 +291,7 @@ public final class Segmenter: @unchecked Sendable {
             }
             let (emb, gh, gw) = try model.densePatchEmbeddings(pixels: px.ptr, batch: nb, height: ch, width: cw,
                                                                method: o.method, gaussianStd: o.gaussianStd, threads: threads)
+            if let prompts { adaptPatchEmbeddings(emb.ptr, rows: nb * gh * gw, prompts: prompts) }
             lap("image_encoder")
             let g = gh * gw
             let lg = Buffer(q * g), up = Buffer(q * ch * cw)
@@ -337,6 +352,14 @@ public final class Segmenter: @unchecked Sendable {
         let internals = SegmentationInternals(rawLogits: raw, refinedLogits: refined, rescaled: win.normalised,
                                               rescaledWidth: win.width, rescaledHeight: win.height, windows: win.windows)
         return (internals, timings)
+    }
+
+    /// The dense-feature grid of an image (the windows' patch embeddings, without learned prompts'
+    /// adapter), for prompt tuning.
+    public func featureGrid(_ image: RGBImage) throws -> FeatureGrid {
+        var t: [String: Double] = [:]
+        let q = [[Float](repeating: 0, count: model.config.projectionDim)]
+        return try Segmenter(model: model, options: options, threads: threads).windowLogits(image, queries: q, collectFeatures: true, timings: &t).features!
     }
 
     /// Logits [Q, H, W] at the original size (refined when PAMR is on) and the dense-feature grid

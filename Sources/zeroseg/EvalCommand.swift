@@ -43,8 +43,17 @@ struct Eval: ParsableCommand {
     @Flag(help: "No progress bar.")
     var quiet = false
 
+    @Option(help: "Comma-separated seen classes (names as in the class list): also report mIoU over seen classes, over the others (unseen), and their harmonic mean hIoU.")
+    var seen: String?
+
     @OptionGroup var seg: SegmentationArguments
     @OptionGroup var options: ModelOptions
+
+    /// Indices of the --seen classes (matched on any of a class's names).
+    func seenIndices(_ set: ClassSet) throws -> Set<Int>? {
+        guard let seen else { return nil }
+        return try classIndices(seen, in: set, option: "--seen")
+    }
 
     func validate() throws {
         guard (0...255).contains(ignore) else { throw ValidationError("--ignore must be between 0 and 255") }
@@ -56,6 +65,7 @@ struct Eval: ParsableCommand {
         let tStart = Date()
         // 1. Everything that can be wrong with the input is found before the (slow) model runs.
         let set = try seg.classSet()
+        _ = try seenIndices(set)  // a bad --seen fails before the model runs
         let templates = try seg.templateList()
         let nc = set.classes.count
         let outDir = try out.map { try prepareEvalOutput(URL(fileURLWithPath: $0), predictions: savePredictions) }
@@ -87,7 +97,7 @@ struct Eval: ParsableCommand {
         if model.isSynthetic {
             printErr("WARNING: \(model.source) is a synthetic model with random weights: the scores will be meaningless")
         }
-        let segmenter = try Segmenter(model: model, options: seg.options(), threads: options.threads)
+        let segmenter = try Segmenter(model: model, options: seg.options(), threads: options.threads, prompts: seg.loadPrompts(model: model))
         let twoStage = seg.mode == .twoStage ? try TwoStageSegmenter(segmenter: segmenter, options: seg.twoStageOptions()) : nil
         let t1 = Date()
         let queries = try segmenter.queryEmbeddings(set, templates: templates, cache: TextEmbeddingCache(model: model))
@@ -130,10 +140,18 @@ struct Eval: ParsableCommand {
         // 4. Report.
         let m = matrix.metrics
         var text = table(set: set, metrics: m, evaluated: pairs.count, perImage: perImage)
+        let seenSet = try seenIndices(set)
+        if let seenSet {
+            let su = m.seenUnseen(seen: seenSet)
+            func pct(_ v: Double?) -> String { v.map { String(format: "%.2f", $0 * 100) } ?? "n/a" }
+            text += "seen     \(pct(su.seen))  (\(seenSet.sorted().map { set.displayNames[$0] }.joined(separator: ", ")))\n"
+            text += "unseen   \(pct(su.unseen))\n"
+            text += "hIoU     \(pct(su.hIoU))\n"
+        }
         if model.isSynthetic {
             text += "!!! SYNTHETIC RANDOM WEIGHTS (\(model.source)): these numbers are MEANINGLESS, a machinery check only !!!\n"
         }
-        let report = try reportJSON(set: set, matrix: matrix, metrics: m, model: model, images: pairs.count,
+        let report = try reportJSON(set: set, matrix: matrix, metrics: m, seen: seenSet, model: model, images: pairs.count,
                                     seconds: ["per_image": perImage, "segmentation": tSeg, "model_load": tLoad, "text": tText,
                                               "total": Date().timeIntervalSince(tStart)])
         if let outDir {
@@ -150,8 +168,8 @@ struct Eval: ParsableCommand {
         }
     }
 
-    func reportJSON(set: ClassSet, matrix: ConfusionMatrix, metrics m: SegmentationMetrics, model: CLIPModel, images count: Int,
-                    seconds: [String: Double]) throws -> Data {
+    func reportJSON(set: ClassSet, matrix: ConfusionMatrix, metrics m: SegmentationMetrics, seen: Set<Int>? = nil, model: CLIPModel,
+                    images count: Int, seconds: [String: Double]) throws -> Data {
         let nc = set.classes.count
         var settings = seg.settingsJSON()
         settings["images"] = images
@@ -168,7 +186,7 @@ struct Eval: ParsableCommand {
         }
         let cols = nc + 1
         let rows = (0..<nc).map { l in (0..<cols).map { Int(matrix.counts[l * cols + $0]) } }
-        let obj: [String: Any] = [
+        var obj: [String: Any] = [
             "zeroseg_version": ZeroSeg.version,
             "date": ISO8601DateFormatter().string(from: Date()),
             "model": ["source": model.source, "fingerprint": model.fingerprint, "synthetic": model.isSynthetic],
@@ -184,6 +202,11 @@ struct Eval: ParsableCommand {
             "confusion_matrix": ["rows": "label class", "columns": "predicted class; the last column is no class (background / below threshold)",
                                  "counts": rows],
         ]
+        if let seen {
+            let su = m.seenUnseen(seen: seen)
+            obj["seen_unseen"] = ["seen": seen.sorted().map { set.displayNames[$0] }, "seen_mIoU": su.seen ?? NSNull(),
+                                  "unseen_mIoU": su.unseen ?? NSNull(), "hIoU": su.hIoU ?? NSNull()]
+        }
         let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
         return data + Data("\n".utf8)
     }
@@ -204,6 +227,20 @@ struct Eval: ParsableCommand {
         out += "s/image  \(String(format: "%.3f", perImage))\n"
         return out
     }
+}
+
+/// Indices of comma-separated class names in a class set (any of a class's names matches).
+func classIndices(_ spec: String, in set: ClassSet, option: String) throws -> Set<Int> {
+    let names = spec.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    guard !names.isEmpty else { throw ZeroSegError("\(option) lists no class") }
+    var out = Set<Int>()
+    for n in names {
+        guard let i = set.classes.firstIndex(where: { $0.contains(n) }) else {
+            throw ZeroSegError("\(option): \"\(n)\" is not one of the classes (\(set.displayNames.joined(separator: ", ")))")
+        }
+        out.insert(i)
+    }
+    return out
 }
 
 /// Creates the eval output folder (and predictions/ in it) and checks it can be written, before any work.

@@ -42,7 +42,7 @@ struct Segment: ParsableCommand {
         let outDir = URL(fileURLWithPath: out)
         try prepareOutputDirectory(outDir)
         let model = try options.load()
-        let segmenter = try Segmenter(model: model, options: seg.options(), threads: options.threads)
+        let segmenter = try Segmenter(model: model, options: seg.options(), threads: options.threads, prompts: seg.loadPrompts(model: model))
         let t0 = Date()
         let cache = TextEmbeddingCache(model: model)
         let queries = try segmenter.queryEmbeddings(set, templates: templates, cache: cache)

@@ -73,6 +73,24 @@ struct SegmentationArguments: ParsableArguments {
     @Option(help: "Two-stage: read the masks instead of proposing them: DIR/NAME/*.png for input NAME (for a single input DIR/*.png also works); non-zero pixels are inside, e.g. from SAM.")
     var masks: String?
 
+    @Option(help: "Learned prompts from `zeroseg tune` (CoOp context, patch adapter, logit scale): used for every class name, seen or not; --templates and --logit-scale are then unused.")
+    var prompts: String?
+
+    /// The prompt file, checked against the model (another model: error; other settings: warning).
+    func loadPrompts(model: CLIPModel) throws -> LearnedPrompts? {
+        guard let prompts else { return nil }
+        let f = try PromptFile(url: URL(fileURLWithPath: prompts), model: model)
+        if let made = f.info["settings"] as? [String: Any] {
+            let now = settingsJSON()
+            let keys = ["method", "short_side", "window", "stride", "windows"]
+            let differ = keys.filter { k in "\(made[k] ?? "-")" != "\(now[k] ?? "-")" }
+            if !differ.isEmpty {
+                printErr("warning: prompts \(prompts) were tuned with other settings (\(differ.map { "\($0) \(made[$0] ?? "-")" }.joined(separator: ", ")))")
+            }
+        }
+        return f.prompts
+    }
+
     var twoStageFlagsGiven: [String] {
         [("--proposals", proposals != nil), ("--max-proposals", maxProposals != nil), ("--min-area", minArea != nil),
          ("--crop-margin", cropMargin != nil), ("--fusion-lambda", fusionLambda != nil),
@@ -140,7 +158,7 @@ struct SegmentationArguments: ParsableArguments {
         ["method": method.rawValue, "templates": templates, "short_side": shortSide, "window": window, "stride": stride,
          "windows": !noWindow, "logit_scale": Double(logitScale), "refine": refine.rawValue, "threshold": Double(threshold),
          "background": background.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } } ?? [],
-         "mode": mode.rawValue].merging(mode == .twoStage ? twoStageJSON() : [:]) { a, _ in a }
+         "mode": mode.rawValue, "prompts": prompts ?? NSNull()].merging(mode == .twoStage ? twoStageJSON() : [:]) { a, _ in a }
     }
 
     func twoStageJSON() -> [String: Any] {
