@@ -74,14 +74,16 @@ extension CLIPModel {
     /// The CoOp prompt for a class: `tokenize("X " × n + name + ".")`, whose positions 1...n hold the
     /// id of "X" (one BPE token, as CoOp's "X X X X name."). Refuses (precondition) prompts longer
     /// than the context length (77) rather than truncating the class name.
-    public func coopPrompt(name: String, contextLength n: Int) -> CoOpPrompt {
+    public func coopPrompt(name: String, contextLength n: Int) throws -> CoOpPrompt {
         precondition(n >= 0, "coopPrompt: negative number of context vectors (\(n))")
         let limit = config.text.maxPositionEmbeddings
         let x = tokenizer.encode("X")
         precondition(x.count == 1, "coopPrompt: \"X\" is \(x.count) BPE tokens in this vocabulary, expected 1")
         let (ids, truncated) = tokenizer.tokenizeReportingTruncation(String(repeating: "X ", count: n) + name + ".",
                                                                        contextLength: limit)
-        precondition(!truncated, "coopPrompt: the prompt for \"\(name)\" with \(n) context vectors is longer than the context length \(limit)")
+        if truncated {
+            throw ZeroSegError("the prompt for \"\(name)\" with \(n) context vectors is longer than the context length \(limit) tokens")
+        }
         precondition(ids.count >= n + 2 && ids[1..<(1 + n)].allSatisfy { $0 == x[0] },
                      "coopPrompt: positions 1...\(n) of the prompt for \"\(name)\" are not the \"X\" placeholder (\(ids))")
         let pool = ids.firstIndex(of: Int32(config.text.eosTokenId)) ?? (ids.count - 1)
@@ -257,14 +259,6 @@ public func activationDerivative(_ v: Float, _ act: Activation) -> Float {
 }
 
 // MARK: - Kernels of the backward pass
-
-/// c[M, N] = alpha · a[K, M]ᵀ · b[K, N] (+ beta · c) with explicit row strides.
-@inline(__always)
-func gemmTN(_ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: FloatPtr, ldc: Int,
-            m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
-                a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-}
 
 /// `layerNorm` (the same arithmetic) that also records each row's mean and 1/√(var + eps).
 /// x: [rows, C], out: [rows, C], mean, rstd: [rows].

@@ -204,8 +204,9 @@ struct Eval: ParsableCommand {
         ]
         if let seen {
             let su = m.seenUnseen(seen: seen)
-            obj["seen_unseen"] = ["seen": seen.sorted().map { set.displayNames[$0] }, "seen_mIoU": su.seen ?? NSNull(),
-                                  "unseen_mIoU": su.unseen ?? NSNull(), "hIoU": su.hIoU ?? NSNull()]
+            let v: [String: Any] = ["seen": seen.sorted().map { set.displayNames[$0] }, "seen_mIoU": su.seen as Any? ?? NSNull(),
+                                    "unseen_mIoU": su.unseen as Any? ?? NSNull(), "hIoU": su.hIoU as Any? ?? NSNull()]
+            obj["seen_unseen"] = v
         }
         let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
         return data + Data("\n".utf8)

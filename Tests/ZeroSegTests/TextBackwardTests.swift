@@ -84,7 +84,7 @@ import ZeroSeg
         let x = m.tokenize(["X"])[0]
         #expect(x.count == 3)
         for (k, name) in Self.names.enumerated() {
-            let p = m.coopPrompt(name: name, contextLength: Self.contextLength)
+            let p = try m.coopPrompt(name: name, contextLength: Self.contextLength)
             let ref = try Self.reference.ints("prompt.\(k).ids").map { Int32($0) }
             #expect(p.tokens == ref, "\(name)")
             #expect(p.ctxRange == 1..<(1 + Self.contextLength))
@@ -99,7 +99,7 @@ import ZeroSeg
         let ctx = try Self.reference.floats("context")
         #expect(ctx.count == Self.contextLength * w)
         for (k, name) in Self.names.enumerated() {
-            let p = m.coopPrompt(name: name, contextLength: Self.contextLength)
+            let p = try m.coopPrompt(name: name, contextLength: Self.contextLength)
             let x0 = m.textInputs(p, context: ctx)
             let d = maxAbsDiff(x0, try Self.reference.floats("prompt.\(k).inputs"))
             #expect(d <= 1e-6, "\(name): inputs max |diff| \(d)")
@@ -117,7 +117,7 @@ import ZeroSeg
         var dCtx = [Float](repeating: 0, count: n * w)
         var report: [String] = []
         for (k, name) in Self.names.enumerated() {
-            let p = m.coopPrompt(name: name, contextLength: n)
+            let p = try m.coopPrompt(name: name, contextLength: n)
             let tape = m.textForward(inputs: m.textInputs(p, context: ctx), tokens: p.tokens.count, pool: p.pool, threads: 1)
             let de = Double(maxAbsDiff(tape.embedding, Self.rows(refEmb, k, pd)))
             #expect(de <= 1e-5 * maxRef, "\(act) \(name): embedding max |diff| \(de) (max |ref| \(maxRef))")
@@ -146,7 +146,7 @@ import ZeroSeg
     func finiteDifferences(_ act: String) throws {
         let m = try #require(Self.models[act])
         let w = m.config.text.hiddenSize, pd = m.config.projectionDim, n = 3
-        let prompts = ["dog", "traffic light"].map { m.coopPrompt(name: $0, contextLength: n) }
+        let prompts = try ["dog", "traffic light"].map { try m.coopPrompt(name: $0, contextLength: n) }
         let ctx = randomFloats(n * w, seed: 11).map { $0 * 0.05 }
         let upstream = (0..<prompts.count).map { randomFloats(pd, seed: 20 + UInt64($0)) }
         let (_, dInputs, dCtx) = Self.lossAndGradients(m, prompts, context: ctx, upstream: upstream)
@@ -221,11 +221,11 @@ import ZeroSeg
         }
     }
 
-    @Test func coopPromptLayout() {
+    @Test func coopPromptLayout() throws {
         let m = Self.tiny
-        let p0 = m.coopPrompt(name: "cat", contextLength: 0)
+        let p0 = try m.coopPrompt(name: "cat", contextLength: 0)
         #expect(p0.tokens == m.tokenize(["cat."])[0] && p0.ctxRange.isEmpty && p0.pool == p0.tokens.count - 1)
-        let p16 = m.coopPrompt(name: "traffic light", contextLength: 16)
+        let p16 = try m.coopPrompt(name: "traffic light", contextLength: 16)
         #expect(p16.ctxRange == 1..<17 && p16.tokens.count == 16 + 5)
         let w = m.config.text.hiddenSize, ctx = randomFloats(16 * w, seed: 9)
         let x0 = m.textInputs(p16, context: ctx)
@@ -236,14 +236,12 @@ import ZeroSeg
         #expect(x0[..<w] == plain[..<w] && x0[(17 * w)...] == plain[(17 * w)...])
         #expect(m.contextGradient(p16, inputGradient: x0) == Array(x0[w..<(17 * w)]))
         // the longest prompt that fits: start, 4 x "X", 70 x "cat", ".", end = 77 tokens
-        #expect(m.coopPrompt(name: String(repeating: "cat ", count: 70), contextLength: 4).tokens.count == 77)
+        #expect(try m.coopPrompt(name: String(repeating: "cat ", count: 70), contextLength: 4).tokens.count == 77)
     }
 
-    /// A prompt longer than the context length stops with a precondition failure (not truncated).
-    @Test func tooLongPromptIsRefused() async {
-        await #expect(processExitsWith: .failure) {
-            let m = try! CLIPModel(directory: GoldenModelTests.tinyDir)
-            _ = m.coopPrompt(name: String(repeating: "cat ", count: 71), contextLength: 4)  // 78 tokens
-        }
+    /// A prompt longer than the context length is an error (not truncated).
+    @Test func tooLongPromptIsRefused() throws {
+        let m = try CLIPModel(directory: GoldenModelTests.tinyDir)
+        #expect(throws: ZeroSegError.self) { try m.coopPrompt(name: String(repeating: "cat ", count: 71), contextLength: 4) }  // 78 tokens
     }
 }
