@@ -81,7 +81,9 @@ struct SegmentationArguments: ParsableArguments {
         guard let prompts else { return nil }
         let f = try PromptFile(url: URL(fileURLWithPath: prompts), model: model)
         if let made = f.info["settings"] as? [String: Any] {
-            let now = settingsJSON()
+            // compared after a JSON round trip, as the file's settings went through one
+            let now = (try? JSONSerialization.data(withJSONObject: settingsJSON()))
+                .flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
             let keys = ["method", "short_side", "window", "stride", "windows"]
             let differ = keys.filter { k in "\(made[k] ?? "-")" != "\(now[k] ?? "-")" }
             if !differ.isEmpty {

@@ -64,6 +64,9 @@ struct Tune: ParsableCommand {
     @Flag(help: "Continue from OUT.ckpt if it exists.")
     var resume = false
 
+    @Option(help: "Stop after this many epochs (OUT.ckpt is kept; continue later with --resume).")
+    var stopAfterEpochs: Int?
+
     @Flag(help: "No progress display.")
     var quiet = false
 
@@ -78,7 +81,12 @@ struct Tune: ParsableCommand {
         do { try s.validate() } catch let e as ZeroSegError { throw ValidationError(e.message) }
         if ctxInit == nil && !(1...60).contains(ctx) { throw ValidationError("--ctx must be between 1 and 60") }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+        if let stopAfterEpochs, stopAfterEpochs < 1 || stopAfterEpochs >= epochs {
+            throw ValidationError("--stop-after-epochs must be between 1 and --epochs - 1")
+        }
     }
+
+    struct Stopped: Error { let epoch: Int }
 
     func run() throws {
         let t0 = Date()
@@ -132,12 +140,19 @@ struct Tune: ParsableCommand {
         }
         let bar = Progress(total: max(1, settings.epochs * tuner.stepsPerEpoch), quiet: quiet)
         let t1 = Date()
-        try tuner.train(progress: { e, s, n, loss in
-            bar.update(e * n + s, String(format: "epoch %d/%d loss %.4f", e + 1, settings.epochs, loss))
-        }, endOfEpoch: { t in
-            try file(t, names: names, seenOrder: seenOrder, set: set, initialLoss: first, seconds: [:])
-                .write(to: ckpt, extra: checkpointTensors(t))
-        })
+        do {
+            try tuner.train(progress: { e, s, n, loss in
+                bar.update(e * n + s, String(format: "epoch %d/%d loss %.4f", e + 1, settings.epochs, loss))
+            }, endOfEpoch: { t in
+                try file(t, names: names, seenOrder: seenOrder, set: set, initialLoss: first, seconds: [:])
+                    .write(to: ckpt, extra: checkpointTensors(t))
+                if t.epoch == stopAfterEpochs { throw Stopped(epoch: t.epoch) }
+            })
+        } catch let s as Stopped {
+            bar.finish()
+            print("stopped after epoch \(s.epoch) of \(settings.epochs); continue with --resume (checkpoint \(ckpt.path))")
+            return
+        }
         bar.finish()
         let tTrain = Date().timeIntervalSince(t1)
         let final = try tuneLossAndGradients(model: model, prompts: tuner.prompts, seenNames: names, batch: examples).loss

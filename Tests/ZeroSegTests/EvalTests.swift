@@ -424,3 +424,82 @@ private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, label
         }
     }
 }
+
+/// `zeroseg tune` end to end on the tiny set: the prompt file (tensors, metadata), its use in
+/// segment and eval (--seen: seen / unseen / hIoU), refusal for another model, a warning for other
+/// settings, resume, and bad arguments.
+@Suite struct TuneCLITests {
+    var tiny: String { GoldenModelTests.tinyDir.path }
+    var small: [String] { ["--model", tiny, "--short-side", "40", "--window", "32", "--stride", "16", "--threads", "2"] }
+
+    @Test func tuneSegmentEval() throws {
+        let (images, labels) = try makeDataset()
+        let dir = temporaryDirectory("zeroseg-tune-cli")
+        let p = dir.appendingPathComponent("p.safetensors")
+        let r = try runCLI(["tune", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass|lawn,wall",
+                            "--seen", "cat,wall", "--out", p.path, "--ctx", "3", "--epochs", "2", "--batch", "2", "--lr", "0.01", "--quiet"] + small)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.hasPrefix("tuned on 3 images, 2 seen classes (cat, wall): loss "), "\(r.stdout)")
+        #expect(r.stdout.hasSuffix("wrote \(p.path)\n"))
+        #expect(!FileManager.default.fileExists(atPath: p.path + ".ckpt"))
+        let f = try SafetensorsFile(path: p.path)
+        let m = try CLIPModel(directory: GoldenModelTests.tinyDir)
+        #expect(f.tensors["ctx"]?.shape == [3, m.config.text.hiddenSize])
+        #expect(f.tensors["adapter.weight"]?.shape == [m.config.projectionDim, m.config.projectionDim])
+        let info = try JSONSerialization.jsonObject(with: Data(f.metadata["zeroseg"]!.utf8)) as! [String: Any]
+        #expect(info["seen"] as? [String] == ["cat", "wall"] && info["unseen"] as? [String] == ["grass"])
+        #expect(info["model_fingerprint"] as? String == m.fingerprint)
+        #expect(((info["loss"] as! [String: Any])["epochs"] as! [Double]).count == 2)
+
+        // eval with the prompts and --seen
+        let e = try runCLI(["eval", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass|lawn,wall",
+                            "--prompts", p.path, "--seen", "cat,wall", "--quiet"] + small)
+        #expect(e.status == 0, "\(e.stderr)")
+        #expect(e.stdout.contains("\nseen     ") && e.stdout.contains("(cat, wall)\nunseen   ") && e.stdout.contains("\nhIoU     "))
+        // segment with the prompts; other settings: a warning
+        let s = try runCLI([images.appendingPathComponent("img0.png").path, "--classes", "dog,tree", "--prompts", p.path,
+                            "--out", dir.appendingPathComponent("seg").path, "--quiet"] + small.map { $0 == "16" ? "8" : $0 })
+        #expect(s.status == 0, "\(s.stderr)")
+        #expect(s.stderr.contains("warning: prompts \(p.path) were tuned with other settings (stride 16)"), "\(s.stderr)")
+        // another model: refused
+        let other = temporaryDirectory("zeroseg-tune-other")
+        try Synth.write(arch: .tiny, seed: 1, to: other)
+        let o = try runCLI([images.appendingPathComponent("img0.png").path, "--classes", "dog", "--prompts", p.path,
+                            "--out", dir.appendingPathComponent("seg2").path, "--model", other.path, "--quiet"])
+        #expect(o.status != 0 && o.stderr.hasPrefix("error: prompts \(p.path) were made for model ") && o.stderr.split(separator: "\n").count == 1, "\(o.stderr)")
+        // not a prompt file
+        let n = try runCLI([images.appendingPathComponent("img0.png").path, "--classes", "dog", "--prompts",
+                            images.appendingPathComponent("img0.png").path, "--out", dir.appendingPathComponent("seg3").path, "--quiet"] + small)
+        #expect(n.status != 0 && n.stderr.hasPrefix("error: ") && n.stderr.split(separator: "\n").count == 1, "\(n.stderr)")
+    }
+
+    @Test func resumeContinuesFromTheCheckpoint() throws {
+        let (images, labels) = try makeDataset()
+        let dir = temporaryDirectory("zeroseg-tune-resume")
+        let a = dir.appendingPathComponent("a.safetensors"), b = dir.appendingPathComponent("b.safetensors")
+        let base = ["tune", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass|lawn,wall",
+                    "--unseen", "grass", "--ctx", "2", "--batch", "2", "--lr", "0.01", "--quiet"] + small
+        #expect(try runCLI(base + ["--out", a.path, "--epochs", "3"]).status == 0)
+        // b: stopped after epoch 1 (checkpoint kept, no prompt file), then resumed to epoch 3
+        let stop = try runCLI(base + ["--out", b.path, "--epochs", "3", "--stop-after-epochs", "1"])
+        #expect(stop.status == 0 && stop.stdout.hasPrefix("stopped after epoch 1 of 3; continue with --resume"), "\(stop.stdout)\(stop.stderr)")
+        #expect(FileManager.default.fileExists(atPath: b.path + ".ckpt") && !FileManager.default.fileExists(atPath: b.path))
+        let res = try runCLI(base + ["--out", b.path, "--epochs", "3", "--resume"])
+        #expect(res.status == 0 && res.stderr.contains("resumed from \(b.path).ckpt after epoch 1"), "\(res.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: b.path + ".ckpt"))
+        let fa = try SafetensorsFile(path: a.path), fb = try SafetensorsFile(path: b.path)
+        #expect(try fa.floats("ctx") == fb.floats("ctx"), "resumed run = uninterrupted run")
+        #expect(try fa.floats("adapter.weight") == fb.floats("adapter.weight"))
+    }
+
+    @Test(arguments: [["--seen", "cat", "--unseen", "wall"], [], ["--seen", "bird"], ["--seen", "cat", "--epochs", "0"],
+                      ["--seen", "cat", "--mode", "two-stage"]])
+    func badArguments(_ extra: [String]) throws {
+        let (images, labels) = try makeDataset()
+        let p = temporaryDirectory("zeroseg-tune-bad").appendingPathComponent("p.safetensors")
+        let r = try runCLI(["tune", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass,wall",
+                            "--out", p.path, "--quiet"] + small + extra)
+        #expect(r.status != 0 && r.stderr.hasPrefix("error: ") && r.stderr.split(separator: "\n").count == 1, "\(extra): \(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: p.path))
+    }
+}
