@@ -217,19 +217,10 @@ func cblasGemmTN(_ a: ConstFloatPtr, _ b: ConstFloatPtr, _ c: FloatPtr, m: Int, 
 /// back with the same weights.
 public func resizeBilinearCHWBackward(_ dy: [Float], channels: Int, height h: Int, width w: Int,
                                       _ dx: inout [Float], outHeight oh: Int, outWidth ow: Int) {
-    let sh = Float(h) / Float(oh), sw = Float(w) / Float(ow)
-    var x0 = [Int](repeating: 0, count: ow), x1 = x0
-    var lx0 = [Float](repeating: 0, count: ow), lx1 = lx0
-    for ox in 0..<ow {
-        let src = max(sw * (Float(ox) + 0.5) - 0.5, 0)
-        let i0 = min(Int(src), w - 1)
-        x0[ox] = i0; x1[ox] = i0 + (i0 < w - 1 ? 1 : 0)
-        lx1[ox] = src - Float(i0); lx0[ox] = 1 - lx1[ox]
-    }
+    let (x0, x1, lx0, lx1) = bilinearTaps(input: w, output: ow)
+    let (y0s, y1s, ly0s, ly1s) = bilinearTaps(input: h, output: oh)
     for oy in 0..<oh {
-        let src = max(sh * (Float(oy) + 0.5) - 0.5, 0)
-        let y0 = min(Int(src), h - 1), y1 = y0 + (y0 < h - 1 ? 1 : 0)
-        let ly1 = src - Float(y0), ly0 = 1 - ly1
+        let (y0, y1, ly0, ly1) = (y0s[oy], y1s[oy], ly0s[oy], ly1s[oy])
         for c in 0..<channels {
             let r0 = (c * h + y0) * w, r1 = (c * h + y1) * w, o = (c * oh + oy) * ow
             for ox in 0..<ow {

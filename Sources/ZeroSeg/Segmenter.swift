@@ -420,19 +420,10 @@ public final class Segmenter: @unchecked Sendable {
 /// align_corners=False)` with an output size.
 public func resizeBilinearCHW(_ x: ConstFloatPtr, channels: Int, height h: Int, width w: Int,
                               _ out: FloatPtr, outHeight oh: Int, outWidth ow: Int) {
-    let sh = Float(h) / Float(oh), sw = Float(w) / Float(ow)
-    var x0 = [Int](repeating: 0, count: ow), x1 = x0
-    var lx0 = [Float](repeating: 0, count: ow), lx1 = lx0
-    for ox in 0..<ow {
-        let src = max(sw * (Float(ox) + 0.5) - 0.5, 0)
-        let i0 = min(Int(src), w - 1)
-        x0[ox] = i0; x1[ox] = i0 + (i0 < w - 1 ? 1 : 0)
-        lx1[ox] = src - Float(i0); lx0[ox] = 1 - lx1[ox]
-    }
+    let (x0, x1, lx0, lx1) = bilinearTaps(input: w, output: ow)
+    let (y0s, y1s, ly0s, ly1s) = bilinearTaps(input: h, output: oh)
     for oy in 0..<oh {
-        let src = max(sh * (Float(oy) + 0.5) - 0.5, 0)
-        let y0 = min(Int(src), h - 1), y1 = y0 + (y0 < h - 1 ? 1 : 0)
-        let ly1 = src - Float(y0), ly0 = 1 - ly1
+        let (y0, y1, ly0, ly1) = (y0s[oy], y1s[oy], ly0s[oy], ly1s[oy])
         for c in 0..<channels {
             let r0 = x + (c * h + y0) * w, r1 = x + (c * h + y1) * w, o = out + (c * oh + oy) * ow
             for ox in 0..<ow {
@@ -440,4 +431,19 @@ public func resizeBilinearCHW(_ x: ConstFloatPtr, channels: Int, height h: Int, 
             }
         }
     }
+}
+
+/// Source taps of torch's bilinear resampling (align_corners=False) along one axis: for each output
+/// index, the two input indices (clamped) and their weights.
+func bilinearTaps(input n: Int, output on: Int) -> (i0: [Int], i1: [Int], l0: [Float], l1: [Float]) {
+    let scale = Float(n) / Float(on)
+    var i0 = [Int](repeating: 0, count: on), i1 = i0
+    var l0 = [Float](repeating: 0, count: on), l1 = l0
+    for o in 0..<on {
+        let src = max(scale * (Float(o) + 0.5) - 0.5, 0)
+        let a = min(Int(src), n - 1)
+        i0[o] = a; i1[o] = a + (a < n - 1 ? 1 : 0)
+        l1[o] = src - Float(a); l0[o] = 1 - l1[o]
+    }
+    return (i0, i1, l0, l1)
 }
