@@ -113,7 +113,14 @@ func gemmTN(_ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: Flo
 /// `out` may alias `x`.
 public func layerNorm(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: ConstFloatPtr, _ out: FloatPtr,
                       rows: Int, cols c: Int, eps: Float) {
-    for r in 0..<rows {
+    nonisolated(unsafe) let (xp, wp, bp, op) = (x, w, b, out)
+    parallelChunks(rows, work: rows * c * 4) { r0, r1 in layerNormRows(xp, wp, bp, op, rows: r0..<r1, cols: c, eps: eps) }
+}
+
+/// `layerNorm` over the rows in `rows` (the same arithmetic, row by row, on one thread).
+func layerNormRows(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: ConstFloatPtr, _ out: FloatPtr,
+                   rows: Range<Int>, cols c: Int, eps: Float) {
+    for r in rows {
         let xr = x + r * c, or = out + r * c
         var sum: Float = 0
         for i in 0..<c { sum += xr[i] }

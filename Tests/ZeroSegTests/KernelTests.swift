@@ -47,6 +47,18 @@ import ZeroSeg
         layerNorm(x, w, b, &fast, rows: r, cols: c, eps: 1e-5)
         layerNormReference(x, w, b, &ref, rows: r, cols: c, eps: 1e-5)
         #expect(maxAbsDiff(fast, ref) < 1e-5)
+        // enough rows for the threaded path: identical to one thread
+        setBLASThreads(2)
+        let (rb, cb) = (301, 67)
+        let xb = randomFloats(rb * cb, seed: 14).map { $0 * 3 + 2 }, wb = randomFloats(cb, seed: 15), bb = randomFloats(cb, seed: 16)
+        var two = [Float](repeating: 0, count: rb * cb), one = two, refb = two
+        layerNorm(xb, wb, bb, &two, rows: rb, cols: cb, eps: 1e-5)
+        setBLASThreads(1)
+        layerNorm(xb, wb, bb, &one, rows: rb, cols: cb, eps: 1e-5)
+        setBLASThreads(2)
+        layerNormReference(xb, wb, bb, &refb, rows: rb, cols: cb, eps: 1e-5)
+        #expect(two == one)
+        #expect(maxAbsDiff(two, refb) < 1e-5)
     }
 
     @Test func softmaxMatchesReference() {
