@@ -67,6 +67,9 @@ struct Tune: ParsableCommand {
     @Option(help: "Stop after this many epochs (OUT.ckpt is kept; continue later with --resume).")
     var stopAfterEpochs: Int?
 
+    @Flag(help: "Do not read or write the dense-feature cache ($XDG_CACHE_HOME/zeroseg/features).")
+    var noFeatureCache = false
+
     @Flag(help: "No progress display.")
     var quiet = false
 
@@ -107,9 +110,10 @@ struct Tune: ParsableCommand {
 
         let model = try options.load()
         let segmenter = try Segmenter(model: model, options: seg.options(), threads: options.threads)
-        // 1. Dense features of the frozen encoder, once.
+        // 1. Dense features of the frozen encoder, once (and cached on disk for later runs).
         let progress = Progress(total: pairs.count, quiet: quiet)
-        var examples: [TuneExample] = []
+        let cache = noFeatureCache ? nil : FeatureCache(model: model, options: segmenter.options)
+        var examples: [TuneExample] = [], cached = 0
         for (i, p) in pairs.enumerated() {
             progress.update(i, "features \(p.stem)")
             let label = try Evaluation.loadLabelMap(p.label)
@@ -119,7 +123,15 @@ struct Tune: ParsableCommand {
             }
             try ConfusionMatrix.checkLabels(label.values, numClasses: nc, ignore: ignore, source: p.label.path)
             let target = label.values.map { Int(ignore) == Int($0) ? -1 : remap[Int($0)] }
-            examples.append(TuneExample(features: try segmenter.featureGrid(image), target: target, width: image.width, height: image.height))
+            let features: FeatureGrid
+            if let c = cache?.load(p.image) {
+                features = c
+                cached += 1
+            } else {
+                features = try segmenter.featureGrid(image)
+                cache?.store(features, for: p.image)
+            }
+            examples.append(TuneExample(features: features, target: target, width: image.width, height: image.height))
         }
         progress.update(pairs.count, "features done")
         progress.finish()
@@ -160,8 +172,8 @@ struct Tune: ParsableCommand {
                          seconds: ["features": tFeatures, "training": tTrain, "total": Date().timeIntervalSince(t0)])
         try f.write(to: out)
         try? FileManager.default.removeItem(at: ckpt)
-        print(String(format: "tuned on %d images, %d seen classes (%@): loss %.4f -> %.4f over %d epochs; features %.1f s, training %.1f s, peak RSS %.0f MB",
-                     examples.count, names.count, names.joined(separator: ", "), first, final, settings.epochs, tFeatures, tTrain,
+        print(String(format: "tuned on %d images, %d seen classes (%@): loss %.4f -> %.4f over %d epochs; features %.1f s (%d cached), training %.1f s, peak RSS %.0f MB",
+                     examples.count, names.count, names.joined(separator: ", "), first, final, settings.epochs, tFeatures, cached, tTrain,
                      Double(Bench.peakRSS()) / 1e6))
         print("wrote \(out.path)")
         if model.isSynthetic { printErr("warning: tuned on SYNTHETIC random weights: the prompts are meaningless") }

@@ -479,6 +479,8 @@ private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, label
         let a = dir.appendingPathComponent("a.safetensors"), b = dir.appendingPathComponent("b.safetensors")
         let base = ["tune", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass|lawn,wall",
                     "--unseen", "grass", "--ctx", "2", "--batch", "2", "--lr", "0.01", "--quiet"] + small
+        let env = ["XDG_CACHE_HOME": dir.appendingPathComponent("cache").path]  // one feature cache for these runs
+        func runCLI(_ a: [String]) throws -> CLIResult { try ZeroSegTests.runCLI(a, environment: env) }
         #expect(try runCLI(base + ["--out", a.path, "--epochs", "3"]).status == 0)
         // b: stopped after epoch 1 (checkpoint kept, no prompt file), then resumed to epoch 3
         let stop = try runCLI(base + ["--out", b.path, "--epochs", "3", "--stop-after-epochs", "1"])
@@ -488,8 +490,29 @@ private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, label
         #expect(res.status == 0 && res.stderr.contains("resumed from \(b.path).ckpt after epoch 1"), "\(res.stderr)")
         #expect(!FileManager.default.fileExists(atPath: b.path + ".ckpt"))
         let fa = try SafetensorsFile(path: a.path), fb = try SafetensorsFile(path: b.path)
+        #expect(res.stdout.contains("(3 cached)"), "features from the cache: \(res.stdout)")
         #expect(try fa.floats("ctx") == fb.floats("ctx"), "resumed run = uninterrupted run")
         #expect(try fa.floats("adapter.weight") == fb.floats("adapter.weight"))
+    }
+
+    /// The feature cache gives back what it stored; damaged files and other settings miss.
+    @Test func featureCacheRoundTrip() throws {
+        let root = temporaryDirectory("zeroseg-feature-cache")
+        let img = root.appendingPathComponent("a.png")
+        try Data("x".utf8).write(to: img)
+        let m = try CLIPModel(directory: GoldenModelTests.tinyDir)
+        let d = m.config.projectionDim
+        let g = FeatureGrid(height: 2, width: 3, dim: d, data: randomFloats(6 * d, seed: 5))
+        let c = FeatureCache(model: m, options: SegmentationOptions(), root: root)
+        #expect(c.load(img) == nil)
+        c.store(g, for: img)
+        #expect(c.load(img) == g)
+        var o = SegmentationOptions()
+        o.stride = 56
+        #expect(FeatureCache(model: m, options: o, root: root).load(img) == nil)
+        let files = try FileManager.default.contentsOfDirectory(at: c.directory, includingPropertiesForKeys: nil)
+        try Data(repeating: 7, count: 40).write(to: files[0])
+        #expect(c.load(img) == nil)
     }
 
     @Test(arguments: [["--seen", "cat", "--unseen", "wall"], [], ["--seen", "bird"], ["--seen", "cat", "--epochs", "0"],
