@@ -244,7 +244,9 @@ public final class Segmenter: @unchecked Sendable {
         var features: FeatureGrid? = nil
     }
 
-    func windowLogits(_ image: RGBImage, queries: [[Float]], collectFeatures: Bool = false, timings: inout [String: Double]) throws -> WindowLogits {
+    /// `applyPrompts`: pass the patch embeddings through the learned prompts' adapter (if any).
+    func windowLogits(_ image: RGBImage, queries: [[Float]], collectFeatures: Bool = false, applyPrompts: Bool = true,
+                      timings: inout [String: Double]) throws -> WindowLogits {
         guard !queries.isEmpty else { throw ZeroSegError("no queries") }
         let o = options, p = model.config.vision.patchSize
         var clock = Date()
@@ -291,7 +293,7 @@ public final class Segmenter: @unchecked Sendable {
             }
             let (emb, gh, gw) = try model.densePatchEmbeddings(pixels: px.ptr, batch: nb, height: ch, width: cw,
                                                                method: o.method, gaussianStd: o.gaussianStd, threads: threads)
-            if let prompts { adaptPatchEmbeddings(emb.ptr, rows: nb * gh * gw, prompts: prompts) }
+            if applyPrompts, let prompts { adaptPatchEmbeddings(emb.ptr, rows: nb * gh * gw, prompts: prompts) }
             lap("image_encoder")
             let g = gh * gw
             let lg = Buffer(q * g), up = Buffer(q * ch * cw)
@@ -335,9 +337,18 @@ public final class Segmenter: @unchecked Sendable {
 
     func logits(_ image: RGBImage, queries: [[Float]], keepRaw: Bool, timings: inout [String: Double]) throws -> (SegmentationInternals, [String: Double]) {
         let win = try windowLogits(image, queries: queries, timings: &timings)
+        let (raw, refined) = originalSizeLogits(win, image: image, keepRaw: keepRaw, timings: &timings)
+        let internals = SegmentationInternals(rawLogits: raw, refinedLogits: refined, rescaled: win.normalised,
+                                              rescaledWidth: win.width, rescaledHeight: win.height, windows: win.windows)
+        return (internals, timings)
+    }
+
+    /// Window logits resized to the original size [Q, H, W] and, with PAMR, refined (`raw` is
+    /// then emptied unless `keepRaw`).
+    func originalSizeLogits(_ win: WindowLogits, image: RGBImage, keepRaw: Bool, timings: inout [String: Double]) -> (raw: [Float], refined: [Float]?) {
         var clock = Date()
         func lap(_ name: String) { let now = Date(); timings[name, default: 0] += now.timeIntervalSince(clock); clock = now }
-        let q = queries.count, (h, w) = (image.height, image.width)
+        let q = win.logits.count / (win.height * win.width), (h, w) = (image.height, image.width)
         var raw = [Float](repeating: 0, count: q * h * w)
         raw.withUnsafeMutableBufferPointer { resizeBilinearCHW(win.logits.ptr, channels: q, height: win.height, width: win.width, $0.baseAddress!, outHeight: h, outWidth: w) }
         lap("head")
@@ -349,9 +360,7 @@ public final class Segmenter: @unchecked Sendable {
             lap("refine")
         }
         withExtendedLifetime(win.logits) {}
-        let internals = SegmentationInternals(rawLogits: raw, refinedLogits: refined, rescaled: win.normalised,
-                                              rescaledWidth: win.width, rescaledHeight: win.height, windows: win.windows)
-        return (internals, timings)
+        return (raw, refined)
     }
 
     /// The dense-feature grid of an image (the windows' patch embeddings, without learned prompts'
@@ -359,60 +368,27 @@ public final class Segmenter: @unchecked Sendable {
     public func featureGrid(_ image: RGBImage) throws -> FeatureGrid {
         var t: [String: Double] = [:]
         let q = [[Float](repeating: 0, count: model.config.projectionDim)]
-        return try Segmenter(model: model, options: options, threads: threads).windowLogits(image, queries: q, collectFeatures: true, timings: &t).features!
+        return try windowLogits(image, queries: q, collectFeatures: true, applyPrompts: false, timings: &t).features!
     }
 
     /// Logits [Q, H, W] at the original size (refined when PAMR is on) and the dense-feature grid
     /// of the same pass (for two-stage proposals and mask pooling).
     public func logitsAndFeatures(_ image: RGBImage, queries: [[Float]], timings: inout [String: Double]) throws -> ([Float], FeatureGrid) {
         let win = try windowLogits(image, queries: queries, collectFeatures: true, timings: &timings)
-        var clock = Date()
-        func lap(_ name: String) { let now = Date(); timings[name, default: 0] += now.timeIntervalSince(clock); clock = now }
-        let q = queries.count, (h, w) = (image.height, image.width)
-        var raw = [Float](repeating: 0, count: q * h * w)
-        raw.withUnsafeMutableBufferPointer { resizeBilinearCHW(win.logits.ptr, channels: q, height: win.height, width: win.width, $0.baseAddress!, outHeight: h, outWidth: w) }
-        lap("head")
-        if options.refine == .pamr {
-            let pamr = makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h)
-            raw = pamr.refine(raw, channels: q, iterations: options.pamrIterations, threads: threads)
-            lap("refine")
-        }
-        withExtendedLifetime(win.logits) {}
-        return (raw, win.features!)
+        let (raw, refined) = originalSizeLogits(win, image: image, keepRaw: false, timings: &timings)
+        return (refined ?? raw, win.features!)
     }
 
     /// Scores and labels from logits [Q, H, W]: ×logit scale, softmax over queries, max over each
     /// class's names, argmax; background or below-threshold pixels → 255.
     public func finish(logits: [Float], width w: Int, height h: Int, set: ClassSet, wantScores: Bool)
         -> (labels: [UInt8], scores: [Float]?, area: [Double], mean: [Double]) {
-        let owners = set.queries.map(\.owner)
-        let q = owners.count, nc = set.classes.count, hasBg = !set.background.isEmpty
+        let nc = set.classes.count, hasBg = !set.background.isEmpty, rows = nc + (hasBg ? 1 : 0)
         let hw = h * w
-        var labels = [UInt8](repeating: 255, count: hw)
-        var scores: [Float]? = wantScores ? [Float](repeating: 0, count: nc * hw) : nil
-        var area = [Double](repeating: 0, count: nc), sum = [Double](repeating: 0, count: nc)
-        var e = [Float](repeating: 0, count: q), cls = [Float](repeating: 0, count: nc + 1)
-        let scale = options.logitScale, thr = options.threshold
-        logits.withUnsafeBufferPointer { lp in
-            for px in 0..<hw {
-                var mx = -Float.infinity
-                for k in 0..<q { e[k] = lp[k * hw + px] * scale; mx = max(mx, e[k]) }
-                var s: Float = 0
-                for k in 0..<q { e[k] = expf(e[k] - mx); s += e[k] }
-                for c in 0...nc { cls[c] = -Float.infinity }
-                for k in 0..<q { let v = e[k] / s; if v > cls[owners[k]] { cls[owners[k]] = v } }
-                var best = 0
-                for c in 1..<(nc + (hasBg ? 1 : 0)) where cls[c] > cls[best] { best = c }
-                if scores != nil { for c in 0..<nc { scores![c * hw + px] = cls[c] } }
-                if best < nc && cls[best] >= thr {
-                    labels[px] = UInt8(best)
-                    area[best] += 1
-                    sum[best] += Double(cls[best])
-                }
-            }
-        }
-        let mean = zip(sum, area).map { $1 > 0 ? $0 / $1 : 0 }
-        return (labels, scores, area.map { $0 / Double(hw) }, mean)
+        let p = classProbabilities(logits: logits, pixels: hw, owners: set.queries.map(\.owner), rows: rows, scale: options.logitScale)
+        let labels = TwoStageSegmenter.labels(p, rows: rows, pixels: hw, classes: nc, hasBackground: hasBg, threshold: options.threshold)
+        let (area, mean) = labelAreas(labels, probabilities: p, classes: nc, pixels: hw)
+        return (labels, wantScores ? Array(p[0..<(nc * hw)]) : nil, area, mean)
     }
 }
 

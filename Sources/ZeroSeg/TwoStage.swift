@@ -88,19 +88,10 @@ public final class TwoStageSegmenter: @unchecked Sendable {
                         wantScores: Bool = false) throws -> TwoStageResult {
         let (internals, regions, timings) = try run(image, classes: set, queries: queries, masks: masks)
         let (h, w) = (image.height, image.width), hw = h * w, nc = set.classes.count
-        var area = [Double](repeating: 0, count: nc), sum = [Double](repeating: 0, count: nc)
-        let rows = internals.fused.count / hw
-        internals.fused.withUnsafeBufferPointer { f in
-            for px in 0..<hw {
-                let l = Int(internals.labels[px])
-                if l < nc { area[l] += 1; sum[l] += Double(f[l * hw + px]) }
-            }
-        }
+        let (area, mean) = labelAreas(internals.labels, probabilities: internals.fused, classes: nc, pixels: hw)
         let scores: [Float]? = wantScores ? Array(internals.fused[0..<(nc * hw)]) : nil
-        _ = rows
         let result = SegmentationResult(width: w, height: h, labels: internals.labels, scores: scores,
-                                        areaFraction: area.map { $0 / Double(hw) },
-                                        meanScore: zip(sum, area).map { $1 > 0 ? $0 / $1 : 0 }, timings: timings)
+                                        areaFraction: area, meanScore: mean, timings: timings)
         return TwoStageResult(result: result, regions: regions)
     }
 
@@ -260,6 +251,18 @@ public final class TwoStageSegmenter: @unchecked Sendable {
         }
         return labels
     }
+}
+
+/// Per class: the fraction of pixels labelled with it, and the mean of its probability over them
+/// (labels [HW], 255 = none; probabilities [R, HW]).
+func labelAreas(_ labels: [UInt8], probabilities p: [Float], classes nc: Int, pixels hw: Int) -> (area: [Double], mean: [Double]) {
+    var area = [Double](repeating: 0, count: nc), sum = [Double](repeating: 0, count: nc)
+    for px in 0..<hw where Int(labels[px]) < nc {
+        let c = Int(labels[px])
+        area[c] += 1
+        sum[c] += Double(p[c * hw + px])
+    }
+    return (area.map { $0 / Double(hw) }, zip(sum, area).map { $1 > 0 ? $0 / $1 : 0 })
 }
 
 /// [R, HW] class probabilities from logits [Q, HW]: softmax over queries of scale · logits, max over
