@@ -117,18 +117,21 @@ public func layerNorm(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: ConstFloatPtr
     parallelChunks(rows, work: rows * c * 4) { r0, r1 in layerNormRows(xp, wp, bp, op, rows: r0..<r1, cols: c, eps: eps) }
 }
 
-/// `layerNorm` over the rows in `rows` (the same arithmetic, row by row, on one thread).
+/// `layerNorm` over the rows in `rows` (the same arithmetic, row by row, on one thread); with
+/// `mean` / `rstd` ([rows]) it also records each row's mean and 1/√(var + eps) (for backward).
 func layerNormRows(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: ConstFloatPtr, _ out: FloatPtr,
-                   rows: Range<Int>, cols c: Int, eps: Float) {
+                   rows: Range<Int>, cols c: Int, eps: Float, mean: FloatPtr? = nil, rstd: FloatPtr? = nil) {
     for r in rows {
         let xr = x + r * c, or = out + r * c
         var sum: Float = 0
         for i in 0..<c { sum += xr[i] }
-        let mean = sum / Float(c)
+        let mu = sum / Float(c)
         var sq: Float = 0
-        for i in 0..<c { let d = xr[i] - mean; sq += d * d }
+        for i in 0..<c { let d = xr[i] - mu; sq += d * d }
         let inv = 1 / (sq / Float(c) + eps).squareRoot()
-        for i in 0..<c { or[i] = (xr[i] - mean) * inv * w[i] + b[i] }
+        for i in 0..<c { or[i] = (xr[i] - mu) * inv * w[i] + b[i] }
+        mean?[r] = mu
+        rstd?[r] = inv
     }
 }
 

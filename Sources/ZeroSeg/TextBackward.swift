@@ -260,22 +260,10 @@ public func activationDerivative(_ v: Float, _ act: Activation) -> Float {
 
 // MARK: - Kernels of the backward pass
 
-/// `layerNorm` (the same arithmetic) that also records each row's mean and 1/√(var + eps).
-/// x: [rows, C], out: [rows, C], mean, rstd: [rows].
+/// `layerNorm` (the same arithmetic, one thread) that also records each row's mean and
+/// 1/√(var + eps). x: [rows, C], out: [rows, C], mean, rstd: [rows].
 func layerNormRecording(_ ln: LayerNorm, _ x: ConstFloatPtr, _ out: FloatPtr, mean: FloatPtr, rstd: FloatPtr, rows: Int) {
-    let c = ln.dim, w = ln.weight, b = ln.bias
-    for r in 0..<rows {
-        let xr = x + r * c, or = out + r * c
-        var sum: Float = 0
-        for i in 0..<c { sum += xr[i] }
-        let mu = sum / Float(c)
-        var sq: Float = 0
-        for i in 0..<c { let d = xr[i] - mu; sq += d * d }
-        let inv = 1 / (sq / Float(c) + ln.eps).squareRoot()
-        for i in 0..<c { or[i] = (xr[i] - mu) * inv * w[i] + b[i] }
-        mean[r] = mu
-        rstd[r] = inv
-    }
+    layerNormRows(x, ln.weight, ln.bias, out, rows: 0..<rows, cols: ln.dim, eps: ln.eps, mean: mean, rstd: rstd)
 }
 
 /// Layer-norm backward with respect to the input, accumulated: dx[rows, C] +=
