@@ -80,8 +80,8 @@ extension CLIPModel {
     }
 }
 
-/// u = normalise(f + A f + a) for f: [G, P] (rows), in place into out.
-func applyAdapter(_ f: [Float], rows g: Int, _ p: LearnedPrompts) -> (u: [Float], pre: [Float], norms: [Float]) {
+/// u = normalise(f + A f + a) for f: [G, P] (rows), and the norms ‖f + A f + a‖ per row.
+func applyAdapter(_ f: [Float], rows g: Int, _ p: LearnedPrompts) -> (u: [Float], norms: [Float]) {
     let d = p.dim
     var pre = f
     f.withUnsafeBufferPointer { fp in
@@ -100,7 +100,7 @@ func applyAdapter(_ f: [Float], rows g: Int, _ p: LearnedPrompts) -> (u: [Float]
         norms[r] = n
         for j in 0..<d { u[r * d + j] = pre[r * d + j] / n }
     }
-    return (u, pre, norms)
+    return (u, norms)
 }
 
 /// Patch embeddings through the adapter (for segmentation with learned prompts): rows of x [G, P]
@@ -131,9 +131,10 @@ public struct TuneGradients: Sendable {
     var flat: [Float] { context + adapter + adapterBias + [logScale] }
 }
 
-/// Loss (mean cross-entropy over counted pixels of the whole batch) and its gradients.
+/// Loss (mean cross-entropy over counted pixels of the whole batch) and its gradients (all zero
+/// when `gradients` is false: the forward pass only).
 public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, seenNames: [String],
-                                 batch: [TuneExample]) throws -> TuneGradients {
+                                 batch: [TuneExample], gradients: Bool = true) throws -> TuneGradients {
     let d = p.dim, cs = seenNames.count, s = p.scale
     let text = try model.promptEmbeddings(seenNames, p)
     let t = text.flatMap(\.embedding)  // [Cs, P]
@@ -142,12 +143,13 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
     var dSigma: Float = 0
     var loss: Double = 0
     let total = batch.reduce(0) { $0 + $1.target.filter { $0 >= 0 }.count }
+    var dCtx = [Float](repeating: 0, count: p.context.count)
     guard total > 0 else {
-        return TuneGradients(loss: 0, pixels: 0, context: [Float](repeating: 0, count: p.context.count), adapter: dA, adapterBias: da, logScale: 0)
+        return TuneGradients(loss: 0, pixels: 0, context: dCtx, adapter: dA, adapterBias: da, logScale: 0)
     }
     for ex in batch {
         let g = ex.features.height * ex.features.width, gh = ex.features.height, gw = ex.features.width
-        let (u, pre, norms) = applyAdapter(ex.features.data, rows: g, p)
+        let (u, norms) = applyAdapter(ex.features.data, rows: g, p)
         // cosine c[Cs, G] = T · Uᵀ; z = s · c
         var cosv = [Float](repeating: 0, count: cs * g)
         gemmNT(t, lda: d, u, ldb: d, &cosv, ldc: g, m: cs, n: g, k: d)
@@ -156,7 +158,7 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
         var up = [Float](repeating: 0, count: cs * hw)
         z.withUnsafeBufferPointer { zp in up.withUnsafeMutableBufferPointer { resizeBilinearCHW(zp.baseAddress!, channels: cs, height: gh, width: gw, $0.baseAddress!, outHeight: h, outWidth: w) } }
         // d up = (softmax − onehot) / total at counted pixels
-        var dUp = [Float](repeating: 0, count: cs * hw)
+        var dUp = [Float](repeating: 0, count: gradients ? cs * hw : 0)
         for px in 0..<hw {
             let y = Int(ex.target[px])
             guard y >= 0 else { continue }
@@ -165,8 +167,9 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
             var sum: Float = 0
             for c in 0..<cs { sum += expf(up[c * hw + px] - mx) }
             loss += Double(logf(sum) + mx - up[y * hw + px])
-            for c in 0..<cs { dUp[c * hw + px] = (expf(up[c * hw + px] - mx) / sum - (c == y ? 1 : 0)) / Float(total) }
+            if gradients { for c in 0..<cs { dUp[c * hw + px] = (expf(up[c * hw + px] - mx) / sum - (c == y ? 1 : 0)) / Float(total) } }
         }
+        guard gradients else { continue }
         // back through the bilinear upsampling
         var dz = [Float](repeating: 0, count: cs * g)
         resizeBilinearCHWBackward(dUp, channels: cs, height: gh, width: gw, &dz, outHeight: h, outWidth: w)
@@ -178,7 +181,7 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
         var dU = [Float](repeating: 0, count: g * d)
         dcos.withUnsafeBufferPointer { dc in
             // dU[G, P] = dcosᵀ[G, Cs] · T[Cs, P]
-            cblasGemmTN(dc.baseAddress!, t, &dU, m: g, n: d, k: cs)
+            gemmTN(dc.baseAddress!, lda: g, t, ldb: d, &dU, ldc: d, m: g, n: d, k: cs)
         }
         // u = pre / ‖pre‖: dpre = (dU − u (u·dU)) / ‖pre‖
         var dPre = [Float](repeating: 0, count: g * d)
@@ -187,17 +190,15 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
             for j in 0..<d { dot += u[r * d + j] * dU[r * d + j] }
             for j in 0..<d { dPre[r * d + j] = (dU[r * d + j] - u[r * d + j] * dot) / norms[r] }
         }
-        _ = pre
         // pre = f + f Aᵀ + a: dA += dPreᵀ · f  [P, P]; da += Σ_rows dPre
         ex.features.data.withUnsafeBufferPointer { fp in
-            dPre.withUnsafeBufferPointer { dp in cblasGemmTN(dp.baseAddress!, fp.baseAddress!, &dA, m: d, n: d, k: g, beta: 1) }
+            dPre.withUnsafeBufferPointer { dp in gemmTN(dp.baseAddress!, lda: d, fp.baseAddress!, ldb: d, &dA, ldc: d, m: d, n: d, k: g, beta: 1) }
         }
         for r in 0..<g { for j in 0..<d { da[j] += dPre[r * d + j] } }
     }
     // Text: t_c = e_c / ‖e_c‖ → e → x0 → context rows
-    var dCtx = [Float](repeating: 0, count: p.context.count)
     let wt = p.textWidth
-    for (c, item) in text.enumerated() {
+    for (c, item) in text.enumerated() where gradients {
         let dE = l2NormalizeBackward(item.tape.embedding, grad: Array(dT[(c * d)..<((c + 1) * d)]))
         let dX = model.textBackward(item.tape, gradEmbedding: dE)
         for (k, pos) in item.prompt.ctxRange.enumerated() {
@@ -206,11 +207,6 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
     }
     return TuneGradients(loss: Float(loss / Double(total)), pixels: total, context: dCtx, adapter: dA, adapterBias: da,
                          logScale: dSigma)
-}
-
-/// c[M, N] (+)= a[K, M]ᵀ · b[K, N] (row-major).
-func cblasGemmTN(_ a: ConstFloatPtr, _ b: ConstFloatPtr, _ c: FloatPtr, m: Int, n: Int, k: Int, beta: Float = 0) {
-    gemmTN(a, lda: m, b, ldb: n, c, ldc: n, m: m, n: n, k: k, beta: beta)
 }
 
 /// Transpose of `resizeBilinearCHW`: dx[C, H, W] += the output gradient dy[C, OH, OW] scattered

@@ -261,7 +261,7 @@ private func prepareEvalOutput(_ dir: URL, predictions: Bool) throws -> URL {
 }
 
 /// Checks that a file can be created at `url` (its folder exists and is writable, it is not a folder).
-private func checkWritableFile(_ url: URL, what: String) throws {
+func checkWritableFile(_ url: URL, what: String) throws {
     let fm = FileManager.default
     let dir = url.deletingLastPathComponent()
     var isDir: ObjCBool = false

@@ -103,7 +103,7 @@ struct Tune: ParsableCommand {
         var remap = [Int32](repeating: -1, count: 256)
         for (k, c) in seenOrder.enumerated() { remap[c] = Int32(k) }
         let out = URL(fileURLWithPath: outPath), ckpt = URL(fileURLWithPath: outPath + ".ckpt")
-        try checkWritable(out)
+        try checkWritableFile(out, what: "prompt file")
         var pairs = try Evaluation.pairs(images: URL(fileURLWithPath: images), labels: URL(fileURLWithPath: labels)).pairs
         if let limit { pairs = Array(pairs.prefix(limit)) }
         guard !pairs.isEmpty else { throw ZeroSegError("\(images): no image/label pairs") }
@@ -145,7 +145,7 @@ struct Tune: ParsableCommand {
         settings.epochs = epochs; settings.lr = lr; settings.batch = batch; settings.optimizer = optimizer
         settings.weightDecay = weightDecay; settings.seed = seed
         var tuner = try PromptTuner(model: model, names: names, examples: examples, prompts: prompts, settings: settings)
-        let first = try tuneLossAndGradients(model: model, prompts: prompts, seenNames: names, batch: examples).loss
+        let first = try tuneLossAndGradients(model: model, prompts: prompts, seenNames: names, batch: examples, gradients: false).loss
         if resume, FileManager.default.fileExists(atPath: ckpt.path) {
             try restore(&tuner, from: ckpt, model: model)
             printErr("resumed from \(ckpt.path) after epoch \(tuner.epoch)")
@@ -167,7 +167,7 @@ struct Tune: ParsableCommand {
         }
         bar.finish()
         let tTrain = Date().timeIntervalSince(t1)
-        let final = try tuneLossAndGradients(model: model, prompts: tuner.prompts, seenNames: names, batch: examples).loss
+        let final = try tuneLossAndGradients(model: model, prompts: tuner.prompts, seenNames: names, batch: examples, gradients: false).loss
         let f = try file(tuner, names: names, seenOrder: seenOrder, set: set, initialLoss: first, finalLoss: final,
                          seconds: ["features": tFeatures, "training": tTrain, "total": Date().timeIntervalSince(t0)])
         try f.write(to: out)
@@ -212,18 +212,5 @@ struct Tune: ParsableCommand {
         try t.optimizer.restore(step: Int(try st.floats("optimizer.step")[0]), m: try st.floats("optimizer.m"), v: try st.floats("optimizer.v"))
         t.epoch = Int(try st.floats("epoch")[0])
         if let l = f.info["loss"] as? [String: Any], let e = l["epochs"] as? [Double] { t.epochLosses = e.map(Float.init) }
-    }
-
-    func checkWritable(_ url: URL) throws {
-        let dir = url.deletingLastPathComponent()
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: dir.path, isDirectory: &isDir), isDir.boolValue else {
-            throw ZeroSegError("cannot write \(url.path): folder \(dir.path) does not exist")
-        }
-        let probe = dir.appendingPathComponent(".zeroseg-tune-probe-\(getpid())")
-        guard FileManager.default.createFile(atPath: probe.path, contents: Data()) else {
-            throw ZeroSegError("cannot write \(url.path): folder \(dir.path) is not writable")
-        }
-        try? FileManager.default.removeItem(at: probe)
     }
 }

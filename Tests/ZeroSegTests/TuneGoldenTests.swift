@@ -44,6 +44,8 @@ import ZeroSeg
         let g = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: ex)
         let loss = try Self.ref.floats("loss")[0]
         #expect(abs(g.loss - loss) <= 1e-4 * abs(loss), "loss \(g.loss) vs \(loss)")
+        let forwardOnly = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: ex, gradients: false)
+        #expect(forwardOnly.loss == g.loss && forwardOnly.pixels == g.pixels && forwardOnly.context.allSatisfy { $0 == 0 })
         let checks: [(String, [Float], String)] = [("ctx", g.context, "grad.ctx"), ("A", g.adapter, "grad.A"), ("a", g.adapterBias, "grad.a"),
                                                    ("sigma", [g.logScale], "grad.sigma")]
         for (name, mine, key) in checks {
