@@ -175,13 +175,13 @@ struct Segment: ParsableCommand {
 /// three most likely classes (the background row is "background").
 func regionsJSON(_ regions: [RegionScore], set: ClassSet, files: [String]?) -> [[String: Any]] {
     let names = set.classes.map { $0[0] } + (set.background.isEmpty ? [] : ["background"])
-    return regions.enumerated().map { i, r in
+    return zip(regions, proposalSummaries(regions.map(\.mask))).enumerated().map { i, pair in
+        let (r, summary) = pair
         let top = r.probabilities.indices.sorted { r.probabilities[$0] > r.probabilities[$1] }.prefix(3)
-        var j: [String: Any] = ["index": i, "source": r.mask.source, "area": r.mask.area,
-                                "bbox": [r.mask.bbox.x0, r.mask.bbox.y0, r.mask.bbox.x1, r.mask.bbox.y1],
-                                "owned_pixels": r.ownedPixels,
-                                "top": top.map { ["class": names[$0], "probability": Double(r.probabilities[$0])] }]
-        if let files { j["file"] = files[i] }
+        var j = summary.json
+        j["file"] = files?[i]  // the path under OUT when the masks were saved, else no file
+        j["owned_pixels"] = r.ownedPixels
+        j["top"] = top.map { ["class": names[$0], "probability": Double(r.probabilities[$0])] }
         return j
     }
 }
