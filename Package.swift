@@ -36,12 +36,28 @@ let package = Package(
             cSettings: [.unsafeFlags(["-O3", "-mavx2", "-mfma"])],
             linkerSettings: [.linkedLibrary("mvec"), .linkedLibrary("m")]
         ),
-        .target(
-            name: "ZeroSeg",
-            dependencies: ["CKernels", "CBLAS", "CJPEG", "CPNG", "CUTF8Proc", "CZlib", "CImageShim", "CFreeType", "CVLFeat",
-                           .product(name: "Crypto", package: "swift-crypto")],
-            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
-        ),
+        // The library, bottom to top (ARCHITECTURE.md): each target sees only the ones below it.
+        .target(name: "ZeroSegCore", dependencies: ["CKernels", "CBLAS"]),
+        .target(name: "ZeroSegFormats", dependencies: ["ZeroSegCore", "CZlib"]),
+        .target(name: "ZeroSegImaging",
+                dependencies: ["ZeroSegCore", "CJPEG", "CPNG", "CImageShim", "CFreeType", "CZlib"]),
+        .target(name: "ZeroSegText", dependencies: ["ZeroSegCore", "CUTF8Proc", "CZlib"],
+                exclude: ["Resources/README.md", "Resources/LICENSE-open_clip"],
+                resources: [.copy("Resources/bpe_simple_vocab_16e6.txt.gz")]),
+        .target(name: "ZeroSegCLIP",
+                dependencies: ["ZeroSegCore", "ZeroSegFormats", "ZeroSegImaging", "ZeroSegText", "CKernels", "CBLAS",
+                               .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "ZeroSegHub",
+                dependencies: ["ZeroSegCore", "ZeroSegCLIP", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "ZeroSegSegmentation",
+                dependencies: ["ZeroSegCore", "ZeroSegFormats", "ZeroSegImaging", "ZeroSegCLIP", "CVLFeat", "CKernels", "CBLAS",
+                               "CImageShim", "CPNG", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "ZeroSegTuning",
+                dependencies: ["ZeroSegCore", "ZeroSegFormats", "ZeroSegImaging", "ZeroSegCLIP", "ZeroSegSegmentation", "CKernels", "CBLAS"]),
+        // The product: re-exports the layers above.
+        .target(name: "ZeroSeg",
+                dependencies: ["ZeroSegCore", "ZeroSegFormats", "ZeroSegImaging", "ZeroSegText", "ZeroSegCLIP",
+                               "ZeroSegHub", "ZeroSegSegmentation", "ZeroSegTuning"]),
         .executableTarget(
             name: "zeroseg",
             dependencies: ["ZeroSeg", .product(name: "ArgumentParser", package: "swift-argument-parser")]

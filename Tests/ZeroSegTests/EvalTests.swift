@@ -1,6 +1,13 @@
 import Foundation
 import Testing
-@testable import ZeroSeg
+@testable import ZeroSegCore
+@testable import ZeroSegFormats
+@testable import ZeroSegImaging
+@testable import ZeroSegText
+@testable import ZeroSegCLIP
+@testable import ZeroSegHub
+@testable import ZeroSegSegmentation
+@testable import ZeroSegTuning
 
 // Evaluation: the mmseg IoUMetric numbers against an independent computation
 // (Fixtures/eval/metrics.json, made by scripts/reference/make_eval_fixture.py with mmseg's own

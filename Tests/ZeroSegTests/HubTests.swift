@@ -1,6 +1,13 @@
 import Foundation
 import Testing
-@testable import ZeroSeg
+@testable import ZeroSegCore
+@testable import ZeroSegFormats
+@testable import ZeroSegImaging
+@testable import ZeroSegText
+@testable import ZeroSegCLIP
+@testable import ZeroSegHub
+@testable import ZeroSegSegmentation
+@testable import ZeroSegTuning
 
 /// The hub cache and downloads, against LoopbackHubServer on 127.0.0.1 (never the network).
 @Suite("Hub")

@@ -1,6 +1,13 @@
 import Foundation
 import Testing
-@testable import ZeroSeg
+@testable import ZeroSegCore
+@testable import ZeroSegFormats
+@testable import ZeroSegImaging
+@testable import ZeroSegText
+@testable import ZeroSegCLIP
+@testable import ZeroSegHub
+@testable import ZeroSegSegmentation
+@testable import ZeroSegTuning
 
 // Image decoding and CLIP preprocessing against Pillow / transformers / torch references in
 // Fixtures/images (made by scripts/reference/make_image_fixtures.py, see manifest.json).

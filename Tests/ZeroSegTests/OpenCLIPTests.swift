@@ -1,6 +1,13 @@
 import Foundation
 import Testing
-@testable import ZeroSeg
+@testable import ZeroSegCore
+@testable import ZeroSegFormats
+@testable import ZeroSegImaging
+@testable import ZeroSegText
+@testable import ZeroSegCLIP
+@testable import ZeroSegHub
+@testable import ZeroSegSegmentation
+@testable import ZeroSegTuning
 
 // OpenCLIP checkpoints: a small random open_clip CLIP (Fixtures/checkpoints/openclip, made by
 // scripts/reference/make_openclip_fixtures.py) in each file format, loaded with CLIPModel(directory:)

@@ -1,6 +1,13 @@
 import Foundation
 import Testing
-@testable import ZeroSeg
+@testable import ZeroSegCore
+@testable import ZeroSegFormats
+@testable import ZeroSegImaging
+@testable import ZeroSegText
+@testable import ZeroSegCLIP
+@testable import ZeroSegHub
+@testable import ZeroSegSegmentation
+@testable import ZeroSegTuning
 
 // Class-agnostic mask proposals: Lab conversion, SLIC through VLFeat, the hierarchical merge
 // (by colour and by features), spherical k-means, finalize, and masks on disk. Synthetic

@@ -1,7 +1,14 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import ZeroSeg
+@testable import ZeroSegCore
+@testable import ZeroSegFormats
+@testable import ZeroSegImaging
+@testable import ZeroSegText
+@testable import ZeroSegCLIP
+@testable import ZeroSegHub
+@testable import ZeroSegSegmentation
+@testable import ZeroSegTuning
 
 /// Reference data written by scripts/reference/make_tokenizer_corpus.py.
 struct TokenizerCorpus: Decodable {
@@ -28,10 +35,10 @@ struct TokenizerCorpus: Decodable {
 enum TokenizerFixtures {
     static let regenerate = "regenerate with: python scripts/reference/make_tokenizer_corpus.py"
 
-    /// vocab/ of the checkout, found from this source file.
+    /// The vocabulary in the checkout (Sources/ZeroSegText/Resources), found from this source file.
     static let vocabURL = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent()
-        .appendingPathComponent("../../vocab/bpe_simple_vocab_16e6.txt.gz")
+        .appendingPathComponent("../../Sources/ZeroSegText/Resources/bpe_simple_vocab_16e6.txt.gz")
         .standardizedFileURL
 
     static let corpus: Result<TokenizerCorpus, any Error> = Result {
@@ -221,35 +228,17 @@ struct TokenizerTests {
         Self.expectOneLineError({ _ = try Tokenizer(vocabJSON: vocabURL, merges: unknownMerge) }, containing: "missing")
     }
 
-    @Test("defaultVocabURL: ZEROSEG_VOCAB, then the executable's and the current directory's ancestors")
+    @Test("defaultVocabURL: the package resource, identical to the checkout's file; ZEROSEG_VOCAB overrides")
     func locatingTheVocabulary() throws {
-        let found = try Tokenizer.defaultVocabURL()
-        #expect(FileManager.default.fileExists(atPath: found.path))
+        let found = try Tokenizer.defaultVocabURL(environment: [:])
         #expect(found.lastPathComponent == Tokenizer.vocabFileName)
+        #expect(try Data(contentsOf: found) == Data(contentsOf: TokenizerFixtures.vocabURL))
 
-        let env = try Tokenizer.defaultVocabURL(environment: ["ZEROSEG_VOCAB": TokenizerFixtures.vocabURL.path],
-                                                executable: nil, currentDirectory: URL(fileURLWithPath: "/"))
+        let env = try Tokenizer.defaultVocabURL(environment: ["ZEROSEG_VOCAB": TokenizerFixtures.vocabURL.path])
         #expect(env.path == TokenizerFixtures.vocabURL.path)
         Self.expectOneLineError({
-            _ = try Tokenizer.defaultVocabURL(environment: ["ZEROSEG_VOCAB": "/nonexistent/v.gz"],
-                                              executable: nil, currentDirectory: URL(fileURLWithPath: "/"))
+            _ = try Tokenizer.defaultVocabURL(environment: ["ZEROSEG_VOCAB": "/nonexistent/v.gz"])
         }, containing: "ZEROSEG_VOCAB")
-
-        // walking up from a directory below the checkout
-        let checkout = TokenizerFixtures.vocabURL.deletingLastPathComponent().deletingLastPathComponent()
-        let deep = checkout.appendingPathComponent("Sources/ZeroSeg")
-        let walked = try Tokenizer.defaultVocabURL(environment: [:], executable: nil, currentDirectory: deep)
-        #expect(walked.standardizedFileURL.path == TokenizerFixtures.vocabURL.path)
-        // executable in <checkout>/.build/debug/zeroseg
-        let exe = checkout.appendingPathComponent(".build/debug/zeroseg")
-        let fromExe = try Tokenizer.defaultVocabURL(environment: [:], executable: exe, currentDirectory: URL(fileURLWithPath: "/"))
-        #expect(fromExe.standardizedFileURL.path == TokenizerFixtures.vocabURL.path)
-
-        let empty = try TokenizerFixtures.tempDir()
-        defer { try? FileManager.default.removeItem(at: empty) }
-        Self.expectOneLineError({
-            _ = try Tokenizer.defaultVocabURL(environment: [:], executable: empty.appendingPathComponent("x"), currentDirectory: empty)
-        }, containing: "set ZEROSEG_VOCAB")
     }
 
     @Test("one tokenizer used from many threads gives the same ids")

@@ -121,7 +121,7 @@ import ZeroSeg
         let a = Self.box(w, h, 0, 0, 2, 2, "a"), b = Self.box(w, h, 1, 1, 3, 3, "b")
         let (_, o2) = TwoStageSegmenter.fuse(oneStage: p1, rows: rows, pixels: hw, masks: [a, b], regions: pr, lambda: 0.5)
         #expect(o2[1 * w + 1] == 0)
-        let labels = TwoStageSegmenter.labels(f1, rows: rows, pixels: hw, classes: 2, hasBackground: true, threshold: 0)
+        let labels = labelPixels(f1, rows: rows, pixels: hw, classes: 2, hasBackground: true, threshold: 0)
         #expect(labels[0] == 255 && labels[1 * w + 1] == 1 && labels[5] == 0)
     }
 

@@ -1,6 +1,13 @@
 import Foundation
 import Testing
-@testable import ZeroSeg
+@testable import ZeroSegCore
+@testable import ZeroSegFormats
+@testable import ZeroSegImaging
+@testable import ZeroSegText
+@testable import ZeroSegCLIP
+@testable import ZeroSegHub
+@testable import ZeroSegSegmentation
+@testable import ZeroSegTuning
 
 // The output writers: label and RGB PNGs (round trips through zeroseg's decoders, libpng as
 // stored, and Pillow when python3 has it), .npy byte for byte against numpy.save

@@ -1,0 +1,72 @@
+import CBLAS
+import ZeroSegCore
+import ZeroSegFormats
+import ZeroSegImaging
+import ZeroSegText
+import Foundation
+
+/// Measurements for `zeroseg bench`: the machine's sgemm rate (the floor), the encoders and the
+/// segmentation case, with FLOP counts so that every time can be read as a ratio to the floor.
+public enum Bench {
+    /// FLOPs (multiply-add = 2) of one image through the vision tower at `size` pixels, projection included.
+    public static func visionFLOPs(_ c: CLIPConfig, height: Int, width: Int) -> Double {
+        let v = c.vision, p = v.patchSize
+        let t = Double((height / p) * (width / p) + 1), w = Double(v.hiddenSize), i = Double(v.intermediateSize)
+        let patch = 2 * (t - 1) * Double(3 * p * p) * w
+        let layer = 2 * t * (4 * w * w + 2 * w * i) + 2 * 2 * t * t * w
+        return patch + Double(v.numHiddenLayers) * layer + 2 * Double(c.projectionDim) * w
+    }
+
+    /// FLOPs of the text tower for one prompt of `tokens` tokens (full causal attention counted as square).
+    public static func textFLOPs(_ c: CLIPConfig, tokens: Int) -> Double {
+        let x = c.text, t = Double(tokens), w = Double(x.hiddenSize), i = Double(x.intermediateSize)
+        return Double(x.numHiddenLayers) * (2 * t * (4 * w * w + 2 * w * i) + 2 * 2 * t * t * w) + 2 * Double(c.projectionDim) * w
+    }
+
+    /// sgemm rate in FLOP/s on the shapes of a ViT-B/16 layer at 224 px (197 tokens: qkv, out, fc1,
+    /// fc2), best of `repeats`, with the BLAS thread count set to `threads`.
+    public static func sgemmRate(threads: Int, width: Int = 768, inner: Int = 3072, tokens: Int = 197, repeats: Int = 20) -> Double {
+        setBLASThreads(threads)
+        let shapes = [(tokens, 3 * width, width), (tokens, width, width), (tokens, inner, width), (tokens, width, inner)]
+        let maxA = shapes.map { $0.0 * $0.2 }.max()!, maxB = shapes.map { $0.1 * $0.2 }.max()!, maxC = shapes.map { $0.0 * $0.1 }.max()!
+        let a = Buffer(Synth.values(name: "a", seed: 1, count: maxA, amplitude: 1))
+        let b = Buffer(Synth.values(name: "b", seed: 2, count: maxB, amplitude: 1))
+        let c = Buffer(zeros: maxC)
+        var flops = 0.0
+        for (m, n, k) in shapes { flops += 2 * Double(m * n * k) }
+        func once() {
+            for (m, n, k) in shapes {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1,
+                            a.ptr, Int32(k), b.ptr, Int32(k), 0, c.ptr, Int32(n))
+            }
+        }
+        once()
+        var best = Double.infinity
+        for _ in 0..<repeats {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            for _ in 0..<5 { once() }
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 / 5)
+        }
+        withExtendedLifetime((a, b, c)) {}
+        return flops / best
+    }
+
+    /// Best of `repeats` wall-clock seconds of `body` (after one warm-up run when `warmUp`).
+    public static func best(_ repeats: Int, warmUp: Bool = true, _ body: () throws -> Void) rethrows -> Double {
+        if warmUp { try body() }
+        var b = Double.infinity
+        for _ in 0..<max(1, repeats) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try body()
+            b = min(b, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        }
+        return b
+    }
+
+    /// Peak resident set size of this process so far, in bytes.
+    public static func peakRSS() -> Int {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return u.ru_maxrss * 1024
+    }
+}
