@@ -150,8 +150,8 @@ public final class Segmenter: @unchecked Sendable {
         }
         var timings: [String: Double] = [:]
         let win = try windowLogits(image, queries: queries, timings: &timings)
-        var clock = Date()
-        func lap(_ name: String) { let now = Date(); timings[name, default: 0] += now.timeIntervalSince(clock); clock = now }
+        var clock = Stopwatch()
+        func lap(_ name: String) { clock.lap(name, into: &timings) }
         let (h, w) = (image.height, image.width), hw = h * w
         let owners = set.queries.map(\.owner), q = owners.count, nc = set.classes.count
         let pamr = options.refine == .pamr ? makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h) : nil
@@ -251,8 +251,8 @@ public final class Segmenter: @unchecked Sendable {
                       timings: inout [String: Double]) throws -> WindowLogits {
         guard !queries.isEmpty else { throw ZeroSegError("no queries") }
         let o = options, p = model.config.vision.patchSize
-        var clock = Date()
-        func lap(_ name: String) { let now = Date(); timings[name, default: 0] += now.timeIntervalSince(clock); clock = now }
+        var clock = Stopwatch()
+        func lap(_ name: String) { clock.lap(name, into: &timings) }
         // Rescale (float bilinear) and normalise: [3, Hs, Ws].
         let (ws, hs) = Self.rescaledSize(width: image.width, height: image.height, shortSide: o.shortSide)
         let resized = (ws == image.width && hs == image.height) ? image : resizeBilinear(image, width: ws, height: hs)
@@ -348,8 +348,8 @@ public final class Segmenter: @unchecked Sendable {
     /// Window logits resized to the original size [Q, H, W] and, with PAMR, refined (`raw` is
     /// then emptied unless `keepRaw`).
     func originalSizeLogits(_ win: WindowLogits, image: RGBImage, keepRaw: Bool, timings: inout [String: Double]) -> (raw: [Float], refined: [Float]?) {
-        var clock = Date()
-        func lap(_ name: String) { let now = Date(); timings[name, default: 0] += now.timeIntervalSince(clock); clock = now }
+        var clock = Stopwatch()
+        func lap(_ name: String) { clock.lap(name, into: &timings) }
         let q = win.logits.count / (win.height * win.width), (h, w) = (image.height, image.width)
         var raw = [Float](repeating: 0, count: q * h * w)
         raw.withUnsafeMutableBufferPointer { resizeBilinearCHW(win.logits.ptr, channels: q, height: win.height, width: win.width, $0.baseAddress!, outHeight: h, outWidth: w) }

@@ -112,8 +112,8 @@ public final class TwoStageSegmenter: @unchecked Sendable {
         let (h, w) = (image.height, image.width), hw = h * w
         var timings: [String: Double] = [:]
         let (logits, features) = try segmenter.logitsAndFeatures(image, queries: queries, timings: &timings)
-        var clock = Date()
-        func lap(_ name: String) { let now = Date(); timings[name, default: 0] += now.timeIntervalSince(clock); clock = now }
+        var clock = Stopwatch()
+        func lap(_ name: String) { clock.lap(name, into: &timings) }
         let nc = set.classes.count, rows = nc + (set.background.isEmpty ? 0 : 1)
         let owners = set.queries.map(\.owner)
         let p1 = classProbabilities(logits: logits, pixels: hw, owners: owners, rows: rows, scale: segmenter.options.logitScale)

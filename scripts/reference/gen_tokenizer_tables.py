@@ -2,9 +2,9 @@
 """Generate the Unicode / HTML tables used by ZeroSeg's CLIP tokenizer port.
 
 Writes:
-  Sources/ZeroSeg/HTMLEntities.swift   Python's html.entities.html5 table, plus
+  Sources/ZeroSegText/HTMLEntities.swift   Python's html.entities.html5 table, plus
                                        ftfy 6.3.1's extra upper-case entities.
-  Sources/ZeroSeg/UnicodeTables.swift  ftfy 6.3.1 character tables and the
+  Sources/ZeroSegText/UnicodeTables.swift  ftfy 6.3.1 character tables and the
                                        differences between utf8proc (which the
                                        Swift code uses) and the Unicode data the
                                        Python reference uses (CPython's
@@ -393,4 +393,4 @@ with open(os.path.join(OUT_DIR, "HTMLEntities.swift"), "w", encoding="utf-8") as
 print(f"class overrides: {len(class_overrides)} ranges; case-ignorable {len(ranges(case_ignorable))} "
       f"ranges; cased {len(ranges(cased))} ranges; nfc inert {len(nfc_inert)}; "
       f"not-decimal {len(decimal_diff)}; html5 {len(html5_items)}; ftfy extra {len(ftfy_extra)}")
-print("wrote Sources/ZeroSeg/UnicodeTables.swift and Sources/ZeroSeg/HTMLEntities.swift")
+print("wrote Sources/ZeroSegText/UnicodeTables.swift and Sources/ZeroSegText/HTMLEntities.swift")

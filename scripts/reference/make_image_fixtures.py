@@ -159,7 +159,7 @@ def check_pass_order(n=400):
     """Pillow resizes in two separable 8-bit passes. Up to Pillow 12 the horizontal one always
     came first; Pillow 13 runs the vertical one first when the height shrinks by more than twice
     as many pixels as the width (PR #9549). zeroseg's port (pilVerticalFirst in
-    Sources/ZeroSeg/Preprocess.swift) encodes that rule: check it against this Pillow."""
+    Sources/ZeroSegImaging/Preprocess.swift) encodes that rule: check it against this Pillow."""
     rng = np.random.default_rng(99)
     checked = 0
     for _ in range(n):
@@ -175,7 +175,7 @@ def check_pass_order(n=400):
         expected = vf if vertical_first else hf
         if not (r == expected).all():
             sys.exit("Pillow %s resizes %dx%d -> %dx%d in another pass order than zeroseg's rule; "
-                     "update pilVerticalFirst in Sources/ZeroSeg/Preprocess.swift" % (PIL.__version__, W, H, w, h))
+                     "update pilVerticalFirst in Sources/ZeroSegImaging/Preprocess.swift" % (PIL.__version__, W, H, w, h))
         checked += 1
     manifest["pillow_pass_order_checked_cases"] = checked
 

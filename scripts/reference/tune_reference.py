@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Torch autograd reference of `zeroseg tune`'s loss and gradients (Sources/ZeroSeg/Prompts.swift),
+"""Torch autograd reference of `zeroseg tune`'s loss and gradients (Sources/ZeroSegTuning/Prompts.swift),
 and the fixture for Tests/ZeroSegTests/TuneGoldenTests.swift.
 
 Model (CLIP frozen):

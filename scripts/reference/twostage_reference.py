@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Torch reference of zeroseg's two-stage steps given the masks (Sources/ZeroSeg/TwoStage.swift):
+"""Torch reference of zeroseg's two-stage steps given the masks (Sources/ZeroSegSegmentation/TwoStage.swift):
 region crops, region embeddings (CLIP image encoder, or mask-pooled dense features), region class
 probabilities and the fusion with the one-stage scores of seg_reference.py.
 
