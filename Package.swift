@@ -58,13 +58,17 @@ let package = Package(
         .target(name: "ZeroSeg",
                 dependencies: ["ZeroSegCore", "ZeroSegFormats", "ZeroSegImaging", "ZeroSegText", "ZeroSegCLIP",
                                "ZeroSegHub", "ZeroSegSegmentation", "ZeroSegTuning"]),
+        // Test-only code, in no product: naive reference kernels and the PNG reader the writer
+        // tests use. Only the test target depends on it.
+        .target(name: "ZeroSegTestSupport",
+                dependencies: ["ZeroSegCore", "ZeroSegImaging", "ZeroSegSegmentation", "CImageShim", "CPNG"]),
         .executableTarget(
             name: "zeroseg",
             dependencies: ["ZeroSeg", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(
             name: "ZeroSegTests",
-            dependencies: ["ZeroSeg"],
+            dependencies: ["ZeroSeg", "ZeroSegTestSupport"],
             resources: [.copy("Fixtures")]
         ),
     ]

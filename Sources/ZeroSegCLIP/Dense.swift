@@ -49,10 +49,17 @@ extension CLIPModel {
     }
 
     /// The dense variant of the last block, in place on x: [B, T, W] (T = 1 + gh·gw).
+    ///
+    /// Why this is not `EncoderLayer.forward` (Block.swift), the one shared block: the methods
+    /// replace the attention itself (q qᵀ, k kᵀ, two softmaxes summed, the Ω bias, or no attention
+    /// at all), compute only the projections they read, and two of them drop the residual and the
+    /// MLP. `vanilla` is the shared block; the others share its LN1, out_proj and MLP half (`mlp`).
+    /// BlockAgreementTests checks each method against the formulas above, and
+    /// SegmentationGoldenTests against the PyTorch reference.
     func denseLastLayer(_ l: EncoderLayer, _ x: FloatPtr, batch b: Int, tokens t: Int, width w: Int,
                         gh: Int, gw: Int, method: DenseMethod, gaussianStd: Float) {
         if method == .vanilla {
-            encoderLayer(l, x, batch: b, tokens: t, width: w, causal: false)
+            l.forward(x, RaggedSequence.batch(b, tokens: t), causal: false)
             return
         }
         let rows = b * t, heads = l.selfAttn.heads, d = w / heads
@@ -114,12 +121,7 @@ extension CLIPModel {
         }
         if method.keepsResidualAndMLP {
             l.selfAttn.outProj(a.ptr, x, rows: rows, accumulate: true)  // x += out_proj(A v)
-            let m = Buffer(rows * l.fc1.outFeatures)
-            l.layerNorm2(x, h.ptr, rows: rows)
-            l.fc1(h.ptr, m.ptr, rows: rows)
-            activate(m.ptr, count: m.count, l.act)
-            l.fc2(m.ptr, x, rows: rows, accumulate: true)
-            withExtendedLifetime(m) {}
+            l.mlp(x, rows: rows, scratch: h.ptr)  // x += MLP(LN2 x)
         } else {
             l.selfAttn.outProj(a.ptr, x, rows: rows)  // x = out_proj(A v)
         }

@@ -112,7 +112,7 @@ public final class CLIPModel: @unchecked Sendable {
             let rec: StageRecorder? = record.map { r in { name, shape, data in r(name, shape, data) } }
             rec?("text.hidden_states.0", [b, t, w], x.ptr)
             for (li, layer) in textModel.layers.enumerated() {
-                encoderLayer(layer, x.ptr, batch: b, tokens: t, width: w, causal: true)
+                layer.forward(x.ptr, RaggedSequence.batch(b, tokens: t), causal: true)
                 rec?("text.hidden_states.\(li + 1)", [b, t, w], x.ptr)
             }
             for (bi, idx) in members.enumerated() {
@@ -182,7 +182,7 @@ public final class CLIPModel: @unchecked Sendable {
         record?("\(prefix).hidden_states.0", [n, t, w], x.ptr)
         let upTo = layers ?? visionModel.layers.count
         for (li, layer) in visionModel.layers.prefix(upTo).enumerated() {
-            encoderLayer(layer, x.ptr, batch: n, tokens: t, width: w, causal: false)
+            layer.forward(x.ptr, RaggedSequence.batch(n, tokens: t), causal: false)
             record?("\(prefix).hidden_states.\(li + 1)", [n, t, w], x.ptr)
         }
         return (x, gh, gw)
@@ -226,9 +226,7 @@ public final class CLIPModel: @unchecked Sendable {
             let (x, gh, gw) = try visionHidden(pixels: pixels, batch: n, height: height, width: width,
                                                layers: layers.count - 1, threads: threads)
             let t = gh * gw + 1
-            for b in 0..<n {
-                lastLayerFirstToken(layers[layers.count - 1], x.ptr + b * t * w, tokens: t, width: w, out: pooled.ptr + b * w)
-            }
+            layers[layers.count - 1].forward(x.ptr, RaggedSequence.batch(n, tokens: t), causal: false, pooled: (.first, pooled.ptr))
             withExtendedLifetime(x) {}
         }
         defer { withExtendedLifetime((pooled, emb)) {} }
@@ -273,53 +271,6 @@ public final class CLIPModel: @unchecked Sendable {
 
     /// exp(logit_scale), the factor CLIP multiplies cosine similarities by.
     public var scale: Float { expf(logitScale) }
-
-    // MARK: Blocks
-
-    /// The output for token 0 of one pre-LN transformer block (non-causal) over one sequence
-    /// x: [T, W]; out: [W]. Keys and values of all tokens, everything else for token 0 only.
-    func lastLayerFirstToken(_ l: EncoderLayer, _ x: ConstFloatPtr, tokens t: Int, width w: Int, out: FloatPtr) {
-        let heads = l.selfAttn.heads, d = w / heads
-        let h = Buffer(t * w), kv = Buffer(t * 2 * w), q = Buffer(w), s = Buffer(t), a = Buffer(w)
-        let m = Buffer(l.fc1.outFeatures), h0 = Buffer(w)
-        defer { withExtendedLifetime((h, kv, q, s, a, m, h0)) {} }
-        l.layerNorm1(x, h.ptr, rows: t)
-        let wqkv = l.selfAttn.qkv.weight, bqkv = l.selfAttn.qkv.bias
-        // kv[T, 2W] = h · [Wk; Wv]ᵀ + [bk; bv];  q[W] = h[0] · Wqᵀ + bq
-        linear(h.ptr, wqkv + w * w, bqkv.map { $0 + w }, kv.ptr, m: t, n: 2 * w, k: w)
-        linear(h.ptr, wqkv, bqkv, q.ptr, m: 1, n: w, k: w)
-        let scale = 1 / Float(d).squareRoot()
-        for hd in 0..<heads {
-            // s[T] = K_h · q_h · scale; a_h = softmax(s) · V_h
-            gemmNT(q.ptr + hd * d, lda: w, kv.ptr + hd * d, ldb: 2 * w, s.ptr, ldc: t, m: 1, n: t, k: d, alpha: scale)
-            zs_softmax_row(s.ptr, Int32(t), Int32(t))
-            gemmNN(s.ptr, lda: t, kv.ptr + w + hd * d, ldb: 2 * w, a.ptr + hd * d, ldc: w, m: 1, n: d, k: t)
-        }
-        out.update(from: x, count: w)
-        l.selfAttn.outProj(a.ptr, out, rows: 1, accumulate: true)  // out = x0 + attn · Woᵀ + bo
-        l.layerNorm2(out, h0.ptr, rows: 1)
-        l.fc1(h0.ptr, m.ptr, rows: 1)
-        activate(m.ptr, count: m.count, l.act)
-        l.fc2(m.ptr, out, rows: 1, accumulate: true)
-    }
-
-    /// One pre-LN transformer block in place on x: [B, T, W].
-    func encoderLayer(_ l: EncoderLayer, _ x: FloatPtr, batch b: Int, tokens t: Int, width w: Int, causal: Bool) {
-        let rows = b * t
-        let h = Buffer(rows * w), qkv = Buffer(rows * 3 * w), scores = Buffer(t * t), m = Buffer(rows * l.fc1.outFeatures)
-        defer { withExtendedLifetime((h, qkv, scores, m)) {} }
-        l.layerNorm1(x, h.ptr, rows: rows)
-        l.selfAttn.qkv(h.ptr, qkv.ptr, rows: rows)
-        for bi in 0..<b {
-            attention(qkv: qkv.ptr + bi * t * 3 * w, out: h.ptr + bi * t * w, scores: scores.ptr,
-                      tokens: t, width: w, heads: l.selfAttn.heads, causal: causal)
-        }
-        l.selfAttn.outProj(h.ptr, x, rows: rows, accumulate: true)  // x += attn · Woᵀ + bo
-        l.layerNorm2(x, h.ptr, rows: rows)
-        l.fc1(h.ptr, m.ptr, rows: rows)
-        activate(m.ptr, count: m.count, l.act)
-        l.fc2(m.ptr, x, rows: rows, accumulate: true)  // x += act(h · W1ᵀ + b1) · W2ᵀ + b2
-    }
 }
 
 /// All cores, the default thread count.

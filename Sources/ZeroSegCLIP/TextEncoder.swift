@@ -11,14 +11,6 @@ import ZeroSegText
 // Rows are ragged (no padding): all tokens of all sequences form one [rows, W] matrix for the
 // linear layers; attention runs per sequence.
 
-/// One sequence inside a ragged batch.
-struct RaggedSequence {
-    var row: Int          // first row in the batch
-    var count: Int        // tokens in this part
-    var position: Int     // position of its first token (= prefix length)
-    var prefix: Int?      // index of the prefix sequence (earlier phase) it continues
-}
-
 extension CLIPModel {
     /// Embeddings as `encodeTokens` (projected, pooled at the last token), with shared prefixes.
     /// Every sequence must end with its (first) end token.
@@ -83,13 +75,13 @@ extension CLIPModel {
     }
 
     /// Runs the text transformer over ragged sequences. With `prefixKV`, sequence s continues
-    /// prefix `s.prefix` whose per-layer keys/values ([rows, 2W] per layer) were kept by an earlier
+    /// prefix `s.prefix` whose per-layer q | k | v ([rows, 3W] per layer) were kept by an earlier
     /// call. With `pooledOnly`, the last layer computes only each sequence's last token and the
-    /// result is final-LN(last token) [S, W]; otherwise the hidden states [rows, W] (and, if
-    /// `keepKV` is used, per-layer K|V).
+    /// result is final-LN(last token) [S, W]; otherwise the hidden states [rows, W] and, in
+    /// `keepKV`, per-layer q | k | v.
     func raggedForward(tokens: [Int32], seqs: [RaggedSequence], prefixKV: ([Buffer], [RaggedSequence])?,
                        keepKV: inout [Buffer], pooledOnly: Bool) -> Buffer {
-        let c = config.text, w = c.hiddenSize, rows = tokens.count, heads = c.numAttentionHeads, d = w / heads
+        let c = config.text, w = c.hiddenSize, rows = tokens.count
         let x = Buffer(rows * w)
         for s in seqs {
             for j in 0..<s.count {
@@ -98,71 +90,22 @@ extension CLIPModel {
                 for i in 0..<w { dst[i] = e[i] + pe[i] }
             }
         }
-        let maxKeys = seqs.map { s in s.count + (s.prefix.map { prefixKV!.1[$0].count } ?? 0) }.max() ?? 1
-        let maxRows = seqs.map(\.count).max() ?? 1
-        let h = Buffer(rows * w), qkv = Buffer(rows * 3 * w), a = Buffer(rows * w)
-        let keys = Buffer(maxKeys * w), vals = Buffer(maxKeys * w), scores = Buffer(maxRows * maxKeys)
-        let m = Buffer(rows * textModel.layers[0].fc1.outFeatures)
-        let lastRows = Buffer(seqs.count * w), lastM = Buffer(seqs.count * textModel.layers[0].fc1.outFeatures)
-        defer { withExtendedLifetime((x, h, qkv, a, keys, vals, scores, m, lastRows, lastM)) {} }
+        defer { withExtendedLifetime(x) {} }
         let nl = textModel.layers.count
-        let scale = 1 / Float(d).squareRoot()
         for (li, l) in textModel.layers.enumerated() {
-            let last = pooledOnly && li == nl - 1
-            l.layerNorm1(x.ptr, h.ptr, rows: rows)
-            l.selfAttn.qkv(h.ptr, qkv.ptr, rows: rows)
-            if !pooledOnly {
-                let store = Buffer(rows * 2 * w)  // K | V per row
-                for r in 0..<rows { (store.ptr + r * 2 * w).update(from: qkv.ptr + r * 3 * w + w, count: 2 * w) }
-                keepKV.append(store)
-            }
-            for (si, s) in seqs.enumerated() {
-                // Keys/values: the prefix's (if any), then this sequence's own.
-                var np = 0
-                var kp: ConstFloatPtr, vp: ConstFloatPtr, ld: Int
-                if let pi = s.prefix, let (store, pseqs) = prefixKV {
-                    let ps = pseqs[pi], st = store[li]
-                    np = ps.count
-                    for r in 0..<np {
-                        (keys.ptr + r * w).update(from: st.ptr + (ps.row + r) * 2 * w, count: w)
-                        (vals.ptr + r * w).update(from: st.ptr + (ps.row + r) * 2 * w + w, count: w)
-                    }
-                    for r in 0..<s.count {
-                        (keys.ptr + (np + r) * w).update(from: qkv.ptr + (s.row + r) * 3 * w + w, count: w)
-                        (vals.ptr + (np + r) * w).update(from: qkv.ptr + (s.row + r) * 3 * w + 2 * w, count: w)
-                    }
-                    kp = ConstFloatPtr(keys.ptr); vp = ConstFloatPtr(vals.ptr); ld = w
-                } else {
-                    kp = ConstFloatPtr(qkv.ptr + s.row * 3 * w + w); vp = ConstFloatPtr(qkv.ptr + s.row * 3 * w + 2 * w); ld = 3 * w
-                }
-                let nk = np + s.count
-                // Query rows: all, or only the last token in the pooled last layer.
-                let q0 = last ? s.count - 1 : 0, nq = s.count - q0
-                let out = last ? lastRows.ptr + si * w : a.ptr + s.row * w
-                for hd in 0..<heads {
-                    gemmNT(qkv.ptr + (s.row + q0) * 3 * w + hd * d, lda: 3 * w, kp + hd * d, ldb: ld, scores.ptr, ldc: nk,
-                           m: nq, n: nk, k: d, alpha: scale)
-                    softmaxRows(scores.ptr, rows: nq, n: nk, valid: { np + q0 + $0 + 1 })
-                    gemmNN(scores.ptr, lda: nk, vp + hd * d, ldb: ld, out + hd * d, ldc: w, m: nq, n: d, k: nk)
-                }
-            }
-            if last {
-                // Residual stream of the last tokens only.
+            let prefix = prefixKV.map { (qkv: ConstFloatPtr($0.0[li].ptr), seqs: $0.1) }
+            if pooledOnly && li == nl - 1 {
+                // Last layer: the last tokens only.
                 let xl = Buffer(seqs.count * w)
-                for (si, s) in seqs.enumerated() { (xl.ptr + si * w).update(from: x.ptr + (s.row + s.count - 1) * w, count: w) }
-                l.selfAttn.outProj(lastRows.ptr, xl.ptr, rows: seqs.count, accumulate: true)
-                l.layerNorm2(xl.ptr, lastRows.ptr, rows: seqs.count)
-                l.fc1(lastRows.ptr, lastM.ptr, rows: seqs.count)
-                activate(lastM.ptr, count: seqs.count * l.fc1.outFeatures, l.act)
-                l.fc2(lastM.ptr, xl.ptr, rows: seqs.count, accumulate: true)
+                l.forward(x.ptr, seqs, causal: true, prefix: prefix, pooled: (.last, xl.ptr))
                 textModel.finalLayerNorm(xl.ptr, xl.ptr, rows: seqs.count)
                 return xl
             }
-            l.selfAttn.outProj(a.ptr, x.ptr, rows: rows, accumulate: true)
-            l.layerNorm2(x.ptr, h.ptr, rows: rows)
-            l.fc1(h.ptr, m.ptr, rows: rows)
-            activate(m.ptr, count: rows * l.fc1.outFeatures, l.act)
-            l.fc2(m.ptr, x.ptr, rows: rows, accumulate: true)
+            if pooledOnly {
+                l.forward(x.ptr, seqs, causal: true, prefix: prefix)
+            } else {
+                keepKV.append(l.forwardKeepingQKV(x.ptr, seqs, causal: true, prefix: prefix))
+            }
         }
         if pooledOnly {  // no layers: pool the embeddings
             let xl = Buffer(seqs.count * w)

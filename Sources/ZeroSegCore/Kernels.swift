@@ -11,7 +11,8 @@ public enum Activation: String, Sendable, Codable {
 }
 
 // Kernels are plain functions over buffers; shapes are row-major and given in comments.
-// Each fast kernel has a naive reference (`*Reference`) beside it, used by the tests.
+// Their naive references (`linearReference`, `layerNormReference`, ...) live in the test-only
+// target ZeroSegTestSupport (Sources/ZeroSegTestSupport), outside the shipped library.
 
 public typealias FloatPtr = UnsafeMutablePointer<Float>
 public typealias ConstFloatPtr = UnsafePointer<Float>
@@ -79,18 +80,6 @@ func linearRows(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, 
     }
 }
 
-/// Naive reference of `linear` (accumulating in Double).
-public func linearReference(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, _ out: FloatPtr,
-                            m: Int, n: Int, k: Int) {
-    for i in 0..<m {
-        for j in 0..<n {
-            var s = Double(bias?[j] ?? 0)
-            for p in 0..<k { s += Double(x[i * k + p]) * Double(w[j * k + p]) }
-            out[i * n + j] = Float(s)
-        }
-    }
-}
-
 /// c[M, N] = alpha · a[M, K] · b[K, N] (+ beta · c) with explicit row strides.
 @inline(__always)
 package func gemmNN(_ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: FloatPtr, ldc: Int,
@@ -143,19 +132,6 @@ package func layerNormRows(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: ConstFlo
     }
 }
 
-public func layerNormReference(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: ConstFloatPtr, _ out: FloatPtr,
-                               rows: Int, cols c: Int, eps: Float) {
-    for r in 0..<rows {
-        var mean = 0.0, v = 0.0
-        for i in 0..<c { mean += Double(x[r * c + i]) }
-        mean /= Double(c)
-        for i in 0..<c { let d = Double(x[r * c + i]) - mean; v += d * d }
-        v /= Double(c)
-        let inv = 1 / (v + Double(eps)).squareRoot()
-        for i in 0..<c { out[r * c + i] = Float((Double(x[r * c + i]) - mean) * inv * Double(w[i]) + Double(b[i])) }
-    }
-}
-
 // MARK: - Softmax
 
 /// Softmax over each row of x[rows, n] (row stride `ld`), in place; only the first `valid(r)` entries
@@ -183,15 +159,6 @@ func parallelChunks(_ count: Int, work: Int, minWork: Int = 1 << 15, _ body: (In
 /// Threads for element-wise kernels: the BLAS thread count the caller set (`setBLASThreads`).
 func elementThreads() -> Int { max(1, Int(openblas_get_num_threads())) }
 
-public func softmaxReference(_ x: FloatPtr, rows: Int, n: Int) {
-    for r in 0..<rows {
-        let mx = (0..<n).map { Double(x[r * n + $0]) }.max()!
-        let e = (0..<n).map { exp(Double(x[r * n + $0]) - mx) }
-        let s = e.reduce(0, +)
-        for i in 0..<n { x[r * n + i] = Float(e[i] / s) }
-    }
-}
-
 // MARK: - Activations
 
 /// In-place activation over x[n] (AVX2, libmvec; split over the BLAS thread count when large).
@@ -205,15 +172,6 @@ public func activate(_ x: FloatPtr, count n: Int, _ act: Activation) {
         case .gelu: zs_gelu_erf(xp + start, len)
         case .geluTanh, .geluNew: zs_gelu_tanh(xp + start, len)
         }
-    }
-}
-
-public func activationReference(_ v: Float, _ act: Activation) -> Float {
-    let x = Double(v)
-    switch act {
-    case .quickGELU: return Float(x / (1 + exp(-1.702 * x)))
-    case .gelu: return Float(0.5 * x * (1 + erf(x / 2.0.squareRoot())))
-    case .geluTanh, .geluNew: return Float(0.5 * x * (1 + tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x))))
     }
 }
 
@@ -253,29 +211,6 @@ public func attention(qkv: ConstFloatPtr, out: FloatPtr, scores: FloatPtr, token
         run(h0, h1, s)
     }
     setBLASThreads(threads)
-}
-
-public func attentionReference(qkv: ConstFloatPtr, out: FloatPtr, tokens t: Int, width w: Int, heads: Int, causal: Bool) {
-    let d = w / heads
-    for h in 0..<heads {
-        for i in 0..<t {
-            let n = causal ? i + 1 : t
-            var s = [Double](repeating: 0, count: n)
-            for j in 0..<n {
-                var acc = 0.0
-                for c in 0..<d { acc += Double(qkv[i * 3 * w + h * d + c]) * Double(qkv[j * 3 * w + w + h * d + c]) }
-                s[j] = acc / Double(d).squareRoot()
-            }
-            let mx = s.max()!
-            let e = s.map { exp($0 - mx) }
-            let z = e.reduce(0, +)
-            for c in 0..<d {
-                var acc = 0.0
-                for j in 0..<n { acc += e[j] / z * Double(qkv[j * 3 * w + 2 * w + h * d + c]) }
-                out[i * w + h * d + c] = Float(acc)
-            }
-        }
-    }
 }
 
 // MARK: - Resampling

@@ -31,19 +31,19 @@ func pilBicubicFilter(_ x: Double) -> Double {
 
 /// Filter taps of one axis, exactly as Pillow's `precompute_coeffs` and
 /// `normalize_coeffs_8bpc` compute them for the box (0, inSize).
-struct PILResampleCoefficients {
+package struct PILResampleCoefficients {
     /// Taps reserved per output pixel.
-    var ksize: Int
+    package var ksize: Int
     /// [outSize, 2]: first input index and number of taps of each output pixel.
-    var bounds: [Int]
+    package var bounds: [Int]
     /// [outSize, ksize]: normalised weights (unused taps 0).
     var weights: [Double]
     /// [outSize, ksize]: the weights in fixed point with 22 fractional bits, rounded half away from zero.
-    var fixed: [Int32]
+    package var fixed: [Int32]
 
-    static let precisionBits = 32 - 8 - 2
+    package static let precisionBits = 32 - 8 - 2
 
-    init(inSize: Int, outSize: Int) {
+    package init(inSize: Int, outSize: Int) {
         let support0 = 2.0  // bicubic
         let in0: Float = 0, in1 = Float(inSize)  // Pillow's box is float
         let scale = Double(in1 - in0) / Double(outSize)
@@ -79,7 +79,7 @@ struct PILResampleCoefficients {
 
 /// Pillow's clip8: the fixed-point sum shifted down, clamped to 0...255.
 @inline(__always)
-func pilClip8(_ ss: Int32) -> UInt8 {
+package func pilClip8(_ ss: Int32) -> UInt8 {
     let v = ss >> Int32(PILResampleCoefficients.precisionBits)
     return v <= 0 ? 0 : (v >= 255 ? 255 : UInt8(v))
 }
@@ -90,70 +90,11 @@ func pilClip8(_ ss: Int32) -> UInt8 {
 /// sizes, see scripts/reference/make_image_fixtures.py): vertical first iff the height shrinks
 /// and by more than twice as many pixels as the width shrinks. The order matters because each
 /// pass rounds to uint8.
-func pilVerticalFirst(width: Int, height: Int, outWidth: Int, outHeight: Int) -> Bool {
+package func pilVerticalFirst(width: Int, height: Int, outWidth: Int, outHeight: Int) -> Bool {
     outWidth != width && outHeight < height && height - outHeight > 2 * (width - outWidth)
 }
 
-/// One Pillow 8-bit pass along x (naive reference): src [h, w, channels] -> [h, outW, channels].
-private func pilPassHorizontalReference(_ img: [UInt8], w: Int, h: Int, channels: Int, outW: Int) -> [UInt8] {
-    let k = PILResampleCoefficients(inSize: w, outSize: outW)
-    var out = [UInt8](repeating: 0, count: h * outW * channels)
-    for y in 0..<h {
-        for xx in 0..<outW {
-            let xmin = k.bounds[2 * xx], n = k.bounds[2 * xx + 1]
-            for c in 0..<channels {
-                var ss: Int32 = 1 << Int32(PILResampleCoefficients.precisionBits - 1)
-                for x in 0..<n {
-                    ss = ss &+ Int32(img[(y * w + x + xmin) * channels + c]) &* k.fixed[xx * k.ksize + x]
-                }
-                out[(y * outW + xx) * channels + c] = pilClip8(ss)
-            }
-        }
-    }
-    return out
-}
-
-/// One Pillow 8-bit pass along y (naive reference): src [h, w, channels] -> [outH, w, channels].
-private func pilPassVerticalReference(_ img: [UInt8], w: Int, h: Int, channels: Int, outH: Int) -> [UInt8] {
-    let k = PILResampleCoefficients(inSize: h, outSize: outH)
-    var out = [UInt8](repeating: 0, count: outH * w * channels)
-    for yy in 0..<outH {
-        let ymin = k.bounds[2 * yy], n = k.bounds[2 * yy + 1]
-        for x in 0..<w {
-            for c in 0..<channels {
-                var ss: Int32 = 1 << Int32(PILResampleCoefficients.precisionBits - 1)
-                for y in 0..<n {
-                    ss = ss &+ Int32(img[((y + ymin) * w + x) * channels + c]) &* k.fixed[yy * k.ksize + y]
-                }
-                out[(yy * w + x) * channels + c] = pilClip8(ss)
-            }
-        }
-    }
-    return out
-}
-
-/// Reference (slow, written like Pillow's ImagingResampleInner + *_8bpc):
-/// src [height, width, channels] u8 -> [outHeight, outWidth, channels] u8, bicubic.
-/// Two separable passes, each rounding to uint8; a pass whose size does not change is skipped;
-/// the order follows `pilVerticalFirst`. (Pillow restricts the first pass to the rows/columns
-/// the second one reads; that saves time and changes no value, so the reference skips it.)
-func pilResizeBicubicReference(_ src: [UInt8], width: Int, height: Int, channels: Int,
-                               outWidth: Int, outHeight: Int) -> [UInt8] {
-    var img = src
-    if pilVerticalFirst(width: width, height: height, outWidth: outWidth, outHeight: outHeight) {
-        img = pilPassVerticalReference(img, w: width, h: height, channels: channels, outH: outHeight)
-        return pilPassHorizontalReference(img, w: width, h: outHeight, channels: channels, outW: outWidth)
-    }
-    if outWidth != width {
-        img = pilPassHorizontalReference(img, w: width, h: height, channels: channels, outW: outWidth)
-    }
-    if outHeight != height {
-        img = pilPassVerticalReference(img, w: outWidth, h: height, channels: channels, outH: outHeight)
-    }
-    return img
-}
-
-/// Fast version of `pilResizeBicubicReference` (same results, bit for bit):
+/// Pillow's bicubic resize, bit for bit (tests: `pilResizeBicubicReference` in ZeroSegTestSupport):
 /// src [height, width, 3] u8 -> [outHeight, outWidth, 3] u8.
 func pilResizeBicubic(_ src: [UInt8], width: Int, height: Int, outWidth: Int, outHeight: Int) -> [UInt8] {
     precondition(src.count == width * height * 3 && outWidth > 0 && outHeight > 0 && width > 0 && height > 0)

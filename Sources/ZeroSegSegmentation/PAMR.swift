@@ -10,9 +10,9 @@ import ZeroSegCLIP
 public struct PAMR: Sendable {
     public let height: Int, width: Int
     /// Neighbour offsets (dy, dx): for each dilation, the 8 neighbours in the kernel's order.
-    let offsets: [(Int, Int)]
+    package let offsets: [(Int, Int)]
     /// [P, H, W] softmax-normalised affinities (P = 8 · dilations).
-    let affinity: [Float]
+    package let affinity: [Float]
 
     /// guide: [3, H, W] (the normalised image). Rows are split over `threads` workers.
     public init(guide: [Float], height h: Int, width w: Int, dilations: [Int], threads: Int = 1) {
@@ -121,26 +121,5 @@ public struct PAMR: Sendable {
                 for x in hi..<w { o[x] += a[x] * src[min(max(x + dx, 0), w - 1)] }
             }
         }
-    }
-
-    /// Naive reference of `refine` (the formula as written, one channel at a time).
-    public func refineReference(_ masks: [Float], channels: Int, iterations: Int) -> [Float] {
-        let h = height, w = width, hw = h * w
-        var cur = masks, next = [Float](repeating: 0, count: masks.count)
-        for _ in 0..<iterations {
-            for c in 0..<channels {
-                for y in 0..<h {
-                    for x in 0..<w {
-                        var acc: Float = 0
-                        for (p, (dy, dx)) in offsets.enumerated() {
-                            acc += affinity[p * hw + y * w + x] * cur[c * hw + min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)]
-                        }
-                        next[c * hw + y * w + x] = acc
-                    }
-                }
-            }
-            swap(&cur, &next)
-        }
-        return cur
     }
 }

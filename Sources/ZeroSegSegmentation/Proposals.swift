@@ -420,18 +420,6 @@ public func pointCentroidSimilarities(_ points: ConstFloatPtr, _ centroids: Cons
     gemmNT(points, lda: dim, centroids, ldb: dim, out, ldc: k, m: n, n: k, k: dim)
 }
 
-/// Naive reference of `pointCentroidSimilarities` (accumulating in Double).
-public func pointCentroidSimilaritiesReference(_ points: ConstFloatPtr, _ centroids: ConstFloatPtr, _ out: FloatPtr,
-                                               n: Int, k: Int, dim: Int) {
-    for i in 0..<n {
-        for c in 0..<k {
-            var s = 0.0
-            for j in 0..<dim { s += Double(points[i * dim + j]) * Double(centroids[c * dim + j]) }
-            out[i * k + c] = Float(s)
-        }
-    }
-}
-
 /// The result of `sphericalKMeans`.
 public struct KMeansResult: Sendable, Equatable {
     public let k: Int

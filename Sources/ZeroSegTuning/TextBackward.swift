@@ -11,14 +11,14 @@ import Foundation
 // "Learning to Prompt for Vision-Language Models"): N context vectors in token-embedding space,
 // shared by all classes, replace the "X" placeholders of "X X X X classname."; CLIP's weights
 // stay frozen, so only gradients with respect to the input embeddings are computed (no weight
-// gradients). One sequence at a time, causal attention, exactly the computation of
-// `encodeTokens`' reference path (transformers' CLIPTextTransformer).
+// gradients). One sequence at a time, causal attention, through the same block as `encodeTokens`
+// (`EncoderLayer.forwardRecording`, Block.swift; transformers' CLIPTextTransformer).
 //
 // Forward: x0 = token embeddings (ctx rows replaced) + position embeddings; per layer
 //   h1 = LN1(x); qkv = h1 · Wqkvᵀ + b; a = causal softmax(q kᵀ / √d) v per head; mid = x + a · Woᵀ + bo
 //   h2 = LN2(mid); m = h2 · W1ᵀ + b1; out = mid + act(m) · W2ᵀ + b2
-// then e = LNf(x_L[pool]) · Wpᵀ. `textForward` records what the backward needs (a `TextTape`);
-// `textBackward` returns dL/dx0 given dL/de.
+// then e = LNf(x_L[pool]) · Wpᵀ. `textForward` records what the backward needs (a `TextTape` of
+// `LayerTape`s); `textBackward`, the block's backward, returns dL/dx0 given dL/de.
 
 /// A CoOp prompt: [start] ctx_1..ctx_N [BPE ids of "name."] [end]. The token ids at `ctxRange`
 /// are placeholders (the id of "X") whose embeddings `textInputs` replaces by the context vectors.
@@ -41,29 +41,12 @@ public struct CoOpPrompt: Sendable, Equatable {
     }
 }
 
-/// What `textBackward` needs from the forward pass of one layer (one sequence of T tokens).
-public struct TextLayerTape: Sendable {
-    /// x: [T, W], the layer's input (residual stream).
-    public let input: Buffer
-    /// LN1(x): [T, W]; per-row mean and 1/√(var + eps): [T].
-    public let ln1: Buffer, ln1Mean: Buffer, ln1Rstd: Buffer
-    /// q | k | v: [T, 3W] (heads contiguous inside each).
-    public let qkv: Buffer
-    /// Attention probabilities per head: [H, T, T], row t is zero past column t (causal).
-    public let probs: Buffer
-    /// x + attention output (the input of LN2): [T, W].
-    public let mid: Buffer
-    /// LN2(mid): [T, W]; per-row mean and 1/√(var + eps): [T].
-    public let ln2: Buffer, ln2Mean: Buffer, ln2Rstd: Buffer
-    /// fc1 output before the activation: [T, I].
-    public let preActivation: Buffer
-}
-
 /// The recorded forward pass of one sequence through the text encoder (`textForward`).
 public struct TextTape: Sendable {
     /// Sequence length T and pooled position.
     public let tokens: Int, pool: Int
-    public let layers: [TextLayerTape]
+    /// Per layer, what the backward pass needs (`EncoderLayer.forwardRecording`, one sequence of T rows).
+    public let layers: [LayerTape]
     /// The last layer's output at the pooled row (input of the final layer norm): [W]; its mean and
     /// 1/√(var + eps).
     public let finalInput: [Float], finalMean: Float, finalRstd: Float
@@ -134,39 +117,11 @@ extension CLIPModel {
         precondition(t >= 1 && t <= c.maxPositionEmbeddings, "textForward: \(t) tokens (must be 1...\(c.maxPositionEmbeddings))")
         precondition(x0.count == t * w, "textForward: inputs have \(x0.count) values, expected \(t) x \(w)")
         precondition((0..<t).contains(pool), "textForward: pooled position \(pool) outside the \(t) tokens")
-        var x = Buffer(x0)
-        var layers: [TextLayerTape] = []
-        for l in textModel.layers {
-            let heads = l.selfAttn.heads, d = w / heads, inter = l.fc1.outFeatures
-            let ln1 = Buffer(t * w), mean1 = Buffer(t), rstd1 = Buffer(t)
-            let qkv = Buffer(t * 3 * w), probs = Buffer(heads * t * t), a = Buffer(t * w)
-            let mid = Buffer(t * w), ln2 = Buffer(t * w), mean2 = Buffer(t), rstd2 = Buffer(t)
-            let pre = Buffer(t * inter), act = Buffer(t * inter), out = Buffer(t * w)
-            layerNormRecording(l.layerNorm1, x.ptr, ln1.ptr, mean: mean1.ptr, rstd: rstd1.ptr, rows: t)
-            l.selfAttn.qkv(ln1.ptr, qkv.ptr, rows: t)
-            let scale = 1 / Float(d).squareRoot()
-            for h in 0..<heads {
-                // s[T, T] = q_h k_hᵀ · scale; causal softmax per row; a[:, h] = s · v_h
-                let s = probs.ptr + h * t * t
-                gemmNT(qkv.ptr + h * d, lda: 3 * w, qkv.ptr + w + h * d, ldb: 3 * w, s, ldc: t, m: t, n: t, k: d, alpha: scale)
-                for r in 0..<t { zs_softmax_row(s + r * t, Int32(r + 1), Int32(t)) }
-                gemmNN(s, lda: t, qkv.ptr + 2 * w + h * d, ldb: 3 * w, a.ptr + h * d, ldc: w, m: t, n: d, k: t)
-            }
-            mid.ptr.update(from: x.ptr, count: t * w)
-            l.selfAttn.outProj(a.ptr, mid.ptr, rows: t, accumulate: true)  // mid = x + a · Woᵀ + bo
-            layerNormRecording(l.layerNorm2, mid.ptr, ln2.ptr, mean: mean2.ptr, rstd: rstd2.ptr, rows: t)
-            l.fc1(ln2.ptr, pre.ptr, rows: t)
-            act.ptr.update(from: pre.ptr, count: t * inter)
-            activate(act.ptr, count: t * inter, l.act)
-            out.ptr.update(from: mid.ptr, count: t * w)
-            l.fc2(act.ptr, out.ptr, rows: t, accumulate: true)  // out = mid + act(m) · W2ᵀ + b2
-            layers.append(TextLayerTape(input: x, ln1: ln1, ln1Mean: mean1, ln1Rstd: rstd1, qkv: qkv, probs: probs,
-                                        mid: mid, ln2: ln2, ln2Mean: mean2, ln2Rstd: rstd2, preActivation: pre))
-            x = out
-        }
+        let x = Buffer(x0)
+        let layers = textModel.layers.map { $0.forwardRecording(x.ptr, RaggedSequence.batch(1, tokens: t), causal: true) }
         let fin = Buffer(Array(UnsafeBufferPointer(start: x.ptr + pool * w, count: w)))
         let pooled = Buffer(w), mean = Buffer(1), rstd = Buffer(1), emb = Buffer(p)
-        layerNormRecording(textModel.finalLayerNorm, fin.ptr, pooled.ptr, mean: mean.ptr, rstd: rstd.ptr, rows: 1)
+        textModel.finalLayerNorm(fin.ptr, pooled.ptr, rows: 1, mean: mean.ptr, rstd: rstd.ptr)
         ZeroSegCore.linear(pooled.ptr, textProjection, nil, emb.ptr, m: 1, n: p, k: w)
         return TextTape(tokens: t, pool: pool, layers: layers, finalInput: fin.array, finalMean: mean[0], finalRstd: rstd[0],
                         pooled: pooled.array, embedding: emb.array, model: fingerprint)
@@ -245,7 +200,7 @@ public func l2NormalizeBackward(_ e: [Float], grad: [Float]) -> [Float] {
     return e.indices.map { Float((Double(grad[$0]) - Double(e[$0]) / norm * dot) / norm) }
 }
 
-/// The derivative of `activationReference` (computed in Double):
+/// The derivative of the activation `act` (computed in Double):
 /// quick_gelu: σ(1.702x) + 1.702x σ(1.702x)(1 − σ(1.702x));  gelu: Φ(x) + x φ(x);
 /// gelu tanh: 0.5(1 + tanh u) + 0.5x (1 − tanh² u) √(2/π)(1 + 3·0.044715 x²), u = √(2/π)(x + 0.044715 x³).
 public func activationDerivative(_ v: Float, _ act: Activation) -> Float {
@@ -264,12 +219,6 @@ public func activationDerivative(_ v: Float, _ act: Activation) -> Float {
 }
 
 // MARK: - Kernels of the backward pass
-
-/// `layerNorm` (the same arithmetic, one thread) that also records each row's mean and
-/// 1/√(var + eps). x: [rows, C], out: [rows, C], mean, rstd: [rows].
-func layerNormRecording(_ ln: LayerNorm, _ x: ConstFloatPtr, _ out: FloatPtr, mean: FloatPtr, rstd: FloatPtr, rows: Int) {
-    layerNormRows(x, ln.weight, ln.bias, out, rows: 0..<rows, cols: ln.dim, eps: ln.eps, mean: mean, rstd: rstd)
-}
 
 /// Layer-norm backward with respect to the input, accumulated: dx[rows, C] +=
 /// rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)) with g = dy ⊙ weight, x̂ = (x − mean) · rstd.

@@ -8,6 +8,7 @@ import Testing
 @testable import ZeroSegHub
 @testable import ZeroSegSegmentation
 @testable import ZeroSegTuning
+import ZeroSegTestSupport
 
 // Image decoding and CLIP preprocessing against Pillow / transformers / torch references in
 // Fixtures/images (made by scripts/reference/make_image_fixtures.py, see manifest.json).

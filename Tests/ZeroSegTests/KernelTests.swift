@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import ZeroSeg
+import ZeroSegTestSupport
 
 /// Each fast kernel against its naive reference (Double accumulation), on odd sizes.
 @Suite struct KernelTests {

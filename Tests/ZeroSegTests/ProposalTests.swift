@@ -8,6 +8,7 @@ import Testing
 @testable import ZeroSegHub
 @testable import ZeroSegSegmentation
 @testable import ZeroSegTuning
+import ZeroSegTestSupport
 
 // Class-agnostic mask proposals: Lab conversion, SLIC through VLFeat, the hierarchical merge
 // (by colour and by features), spherical k-means, finalize, and masks on disk. Synthetic

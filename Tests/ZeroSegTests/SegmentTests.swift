@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import ZeroSeg
+import ZeroSegTestSupport
 
 /// `Segmenter.segment` (streamed over query chunks, bounded memory) against `finish(logits:)` on
 /// the full [Q, H, W] logits, and the `zeroseg IMAGE --classes ...` command's outputs and errors.

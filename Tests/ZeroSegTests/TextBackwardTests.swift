@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import ZeroSeg
+import ZeroSegTestSupport
 
 /// Gradients of the frozen text encoder with respect to its input embeddings (CoOp prompts;
 /// `TextBackward.swift`) against torch autograd on the tiny synthetic CLIP, for the model's own

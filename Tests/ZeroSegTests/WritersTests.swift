@@ -8,6 +8,7 @@ import Testing
 @testable import ZeroSegHub
 @testable import ZeroSegSegmentation
 @testable import ZeroSegTuning
+import ZeroSegTestSupport
 
 // The output writers: label and RGB PNGs (round trips through zeroseg's decoders, libpng as
 // stored, and Pillow when python3 has it), .npy byte for byte against numpy.save

@@ -1,0 +1,206 @@
+import CKernels
+import ZeroSegCore
+
+// The transformer block (CLIPEncoderLayer), written once for both towers and every caller:
+//
+//   h1 = LN1(x); q | k | v = h1 · Wqkvᵀ + b; a = softmax(q kᵀ / √d) v per head (causal: row t sees
+//   keys 0...t); mid = x + a · Woᵀ + bo; out = mid + act(LN2(mid) · W1ᵀ + b1) · W2ᵀ + b2
+//
+// `EncoderLayer.forward` is parameterised by
+// - the sequences: x: [R, W] holds S sequences back to back (a batch [B, T, W] is B sequences of
+//   T rows; the fast text path packs prompts of different lengths without padding); attention
+//   full (vision) or causal (text); a sequence may continue a prefix whose keys and values an
+//   earlier pass kept (`forwardKeepingQKV`), as if the prefix's rows came first;
+// - which rows come out: all (x updated in place), or only one per sequence (`pooled`: the
+//   class token, first, or the end token, last): keys and values are computed for every row,
+//   queries, attention output and MLP for those rows only;
+// - what it records: nothing; q | k | v (for a prefix's continuations); or a `LayerTape`, what
+//   `textBackward` (ZeroSegTuning) needs. Hidden states for golden dumps are recorded by the
+//   callers between layers.
+// The one other block is the dense last block (`denseLastLayer`, Dense.swift), which changes the
+// attention itself; it shares LN1, `outProj` and `mlp` with this one.
+
+/// One sequence inside a layer's input rows.
+package struct RaggedSequence: Sendable {
+    package var row: Int          // first row in the batch
+    package var count: Int        // tokens in this part
+    package var position: Int     // position of its first token (= prefix length)
+    package var prefix: Int?      // index of the prefix sequence (earlier pass) it continues
+
+    package init(row: Int, count: Int, position: Int = 0, prefix: Int? = nil) {
+        self.row = row; self.count = count; self.position = position; self.prefix = prefix
+    }
+
+    /// A batch [B, T, W]: B sequences of T rows, no prefixes.
+    package static func batch(_ b: Int, tokens t: Int) -> [RaggedSequence] {
+        (0..<b).map { RaggedSequence(row: $0 * t, count: t) }
+    }
+}
+
+/// The row of each sequence that a pooled forward pass computes.
+package enum PooledRow: Sendable {
+    case first  // the class token (vision)
+    case last   // the end token (text prompts that end with it)
+}
+
+/// What the backward pass needs from the forward pass of one layer (`EncoderLayer.forwardRecording`).
+public struct LayerTape: Sendable {
+    /// x: [R, W], the layer's input (residual stream).
+    public let input: Buffer
+    /// LN1(x): [R, W]; per-row mean and 1/√(var + eps): [R].
+    public let ln1: Buffer, ln1Mean: Buffer, ln1Rstd: Buffer
+    /// q | k | v: [R, 3W] (heads contiguous inside each).
+    public let qkv: Buffer
+    /// Attention probabilities, per sequence of T rows [H, T, T] (one after the other); causal:
+    /// row t is zero past column t.
+    public let probs: Buffer
+    /// x + attention output (the input of LN2): [R, W].
+    public let mid: Buffer
+    /// LN2(mid): [R, W]; per-row mean and 1/√(var + eps): [R].
+    public let ln2: Buffer, ln2Mean: Buffer, ln2Rstd: Buffer
+    /// fc1 output before the activation: [R, I].
+    public let preActivation: Buffer
+
+    init(rows r: Int, width w: Int, intermediate i: Int, probs: Int) {
+        input = Buffer(r * w)
+        ln1 = Buffer(r * w); ln1Mean = Buffer(r); ln1Rstd = Buffer(r)
+        qkv = Buffer(r * 3 * w)
+        self.probs = Buffer(probs)
+        mid = Buffer(r * w)
+        ln2 = Buffer(r * w); ln2Mean = Buffer(r); ln2Rstd = Buffer(r)
+        preActivation = Buffer(r * i)
+    }
+}
+
+extension LayerNorm {
+    /// With `mean` and `rstd` ([rows]), also records each row's mean and 1/√(var + eps) (for
+    /// backward; one thread, the same arithmetic as without).
+    package func callAsFunction(_ x: ConstFloatPtr, _ out: FloatPtr, rows: Int, mean: FloatPtr?, rstd: FloatPtr?) {
+        guard let mean, let rstd else { return self(x, out, rows: rows) }
+        layerNormRows(x, weight, bias, out, rows: 0..<rows, cols: dim, eps: eps, mean: mean, rstd: rstd)
+    }
+}
+
+extension EncoderLayer {
+    /// The block on x: [R, W] (R = rows of `seqs`), in place; with `pooled`, x is scratch afterwards
+    /// and `pooled.out`: [S, W] gets the block's output at one row per sequence. `prefix`: the
+    /// q | k | v rows [R', 3W] of this layer kept by an earlier pass, and that pass's sequences
+    /// (`RaggedSequence.prefix` indexes them).
+    package func forward(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool,
+                         prefix: (qkv: ConstFloatPtr, seqs: [RaggedSequence])? = nil,
+                         pooled: (row: PooledRow, out: FloatPtr)? = nil) {
+        _ = run(x, seqs, causal: causal, prefix: prefix, pooled: pooled, record: false)
+    }
+
+    /// `forward` over all rows, keeping q | k | v: [R, 3W] for sequences that continue these.
+    package func forwardKeepingQKV(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool,
+                                   prefix: (qkv: ConstFloatPtr, seqs: [RaggedSequence])? = nil) -> Buffer {
+        run(x, seqs, causal: causal, prefix: prefix, pooled: nil, record: false).qkv
+    }
+
+    /// `forward` over all rows (no prefixes), recording what the backward pass needs.
+    package func forwardRecording(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool) -> LayerTape {
+        run(x, seqs, causal: causal, prefix: nil, pooled: nil, record: true).tape!
+    }
+
+    private func run(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool,
+                     prefix: (qkv: ConstFloatPtr, seqs: [RaggedSequence])?, pooled: (row: PooledRow, out: FloatPtr)?,
+                     record: Bool) -> (qkv: Buffer, tape: LayerTape?) {
+        let w = layerNorm1.dim, heads = selfAttn.heads, d = w / heads
+        let rows = seqs.reduce(0) { $0 + $1.count }, ns = seqs.count
+        let tape = record ? LayerTape(rows: rows, width: w, intermediate: fc1.outFeatures,
+                                      probs: seqs.reduce(0) { $0 + heads * $1.count * $1.count }) : nil
+        tape?.input.ptr.update(from: x, count: rows * w)
+        // h = LN1(x): [R, W]
+        let h = tape?.ln1 ?? Buffer(rows * w)
+        layerNorm1(x, h.ptr, rows: rows, mean: tape?.ln1Mean.ptr, rstd: tape?.ln1Rstd.ptr)
+        // qkv = h · Wqkvᵀ + b: [R, 3W]; pooled: k | v of every row, q[S, W] of the pooled rows only
+        let qkv = tape?.qkv ?? Buffer(rows * 3 * w)
+        let pooledRows = pooled.map { p in seqs.map { p.row == .first ? $0.row : $0.row + $0.count - 1 } } ?? []
+        let q = Buffer(pooled == nil ? 0 : ns * w)
+        if pooled == nil {
+            selfAttn.qkv(h.ptr, qkv.ptr, rows: rows)
+        } else {
+            let wqkv = selfAttn.qkv.weight, bqkv = selfAttn.qkv.bias
+            linear(h.ptr, wqkv + w * w, bqkv.map { $0 + w }, qkv.ptr + w, m: rows, n: 2 * w, k: w, ldo: 3 * w)
+            let hp = Buffer(ns * w)
+            for (si, r) in pooledRows.enumerated() { (hp.ptr + si * w).update(from: h.ptr + r * w, count: w) }
+            linear(hp.ptr, wqkv, bqkv, q.ptr, m: ns, n: w, k: w)
+            withExtendedLifetime(hp) {}
+        }
+        // a = attention output: [R, W], or [S, W] for the pooled rows (into h when nothing is
+        // recorded: LN1's output is not needed any more)
+        let aBuf = tape == nil ? h : Buffer(rows * w), a = aBuf.ptr
+        func prefixOf(_ s: RaggedSequence) -> RaggedSequence? { s.prefix.flatMap { i in prefix.map { $0.seqs[i] } } }
+        let maxKeys = seqs.map { $0.count + (prefixOf($0)?.count ?? 0) }.max() ?? 1
+        let maxQueries = pooled == nil ? (seqs.map(\.count).max() ?? 1) : 1
+        let scores = Buffer(maxQueries * maxKeys)
+        let hasPrefix = seqs.contains { prefixOf($0) != nil }
+        let keys = Buffer(hasPrefix ? maxKeys * w : 0), vals = Buffer(hasPrefix ? maxKeys * w : 0)
+        let scale = 1 / Float(d).squareRoot()
+        var probsOffset = 0
+        for (si, s) in seqs.enumerated() {
+            let own = qkv.ptr + s.row * 3 * w
+            let ps = prefixOf(s)
+            if pooled == nil && ps == nil && tape == nil {
+                attention(qkv: own, out: a + s.row * w, scores: scores.ptr, tokens: s.count, width: w, heads: heads, causal: causal)
+                continue
+            }
+            // Keys and values: the prefix's rows (if any), then the sequence's own.
+            var kp = ConstFloatPtr(own + w), vp = ConstFloatPtr(own + 2 * w), ld = 3 * w, np = 0
+            if let ps, let prefix {
+                np = ps.count
+                for r in 0..<np {
+                    (keys.ptr + r * w).update(from: prefix.qkv + (ps.row + r) * 3 * w + w, count: w)
+                    (vals.ptr + r * w).update(from: prefix.qkv + (ps.row + r) * 3 * w + 2 * w, count: w)
+                }
+                for r in 0..<s.count {
+                    (keys.ptr + (np + r) * w).update(from: own + r * 3 * w + w, count: w)
+                    (vals.ptr + (np + r) * w).update(from: own + r * 3 * w + 2 * w, count: w)
+                }
+                kp = ConstFloatPtr(keys.ptr); vp = ConstFloatPtr(vals.ptr); ld = w
+            }
+            let nk = np + s.count
+            // Query rows: all (from qkv), or the pooled one (from q).
+            let q0 = pooled == nil ? 0 : pooledRows[si] - s.row, nq = pooled == nil ? s.count : 1
+            let (qp, ldq) = pooled == nil ? (ConstFloatPtr(own), 3 * w) : (ConstFloatPtr(q.ptr + si * w), w)
+            let out = a + (pooled == nil ? s.row : si) * w
+            for hd in 0..<heads {
+                // p[nq, nk] = q_h k_hᵀ · scale, softmax per row (causal: up to the row's own position);
+                // out[:, h] = p · v_h
+                let p = tape.map { $0.probs.ptr + probsOffset + hd * nq * nk } ?? scores.ptr
+                gemmNT(qp + hd * d, lda: ldq, kp + hd * d, ldb: ld, p, ldc: nk, m: nq, n: nk, k: d, alpha: scale)
+                for r in 0..<nq { zs_softmax_row(p + r * nk, Int32(causal ? np + q0 + r + 1 : nk), Int32(nk)) }
+                gemmNN(p, lda: nk, vp + hd * d, ldb: ld, out + hd * d, ldc: w, m: nq, n: d, k: nk)
+            }
+            probsOffset += heads * nq * nk
+        }
+        withExtendedLifetime((q, scores, keys, vals)) {}
+        if let pooled {
+            // The residual stream of the pooled rows only.
+            for (si, r) in pooledRows.enumerated() { (pooled.out + si * w).update(from: x + r * w, count: w) }
+            selfAttn.outProj(a, pooled.out, rows: ns, accumulate: true)  // mid = x + a · Woᵀ + bo
+            mlp(pooled.out, rows: ns, scratch: h.ptr)
+        } else {
+            selfAttn.outProj(a, x, rows: rows, accumulate: true)  // mid = x + a · Woᵀ + bo
+            mlp(x, rows: rows, scratch: h.ptr, tape: tape)
+        }
+        withExtendedLifetime((h, aBuf)) {}
+        return (qkv, tape)
+    }
+
+    /// The MLP half in place on x: [R, W]: x += act(LN2(x) · W1ᵀ + b1) · W2ᵀ + b2. `scratch`: [R, W]
+    /// (unused with a tape, which records x (mid), LN2(x) and its statistics, and fc1's output).
+    package func mlp(_ x: FloatPtr, rows: Int, scratch: FloatPtr, tape: LayerTape? = nil) {
+        let inter = fc1.outFeatures
+        tape?.mid.ptr.update(from: x, count: rows * layerNorm2.dim)
+        let h = tape?.ln2.ptr ?? scratch
+        layerNorm2(x, h, rows: rows, mean: tape?.ln2Mean.ptr, rstd: tape?.ln2Rstd.ptr)
+        let m = Buffer(rows * inter)
+        defer { withExtendedLifetime(m) {} }
+        fc1(h, m.ptr, rows: rows)
+        tape?.preActivation.ptr.update(from: m.ptr, count: rows * inter)
+        activate(m.ptr, count: rows * inter, act)
+        fc2(m.ptr, x, rows: rows, accumulate: true)  // x += act(m) · W2ᵀ + b2
+    }
+}
