@@ -57,12 +57,16 @@ extension CLIPModel {
         if let phrase {
             let ids = tokenize([phrase])[0]
             let inner = Array(ids.dropFirst().dropLast())
-            guard !inner.isEmpty else { throw ZeroSegError("--ctx-init \"\(phrase)\" has no tokens") }
+            guard !inner.isEmpty else {
+                throw ZeroSegError.invalidArgument("the context phrase \"\(phrase)\" has no tokens", parameter: "phrase")
+            }
             var v = [Float]()
             for id in inner { v += Array(UnsafeBufferPointer(start: textModel.tokenEmbedding + Int(id) * w, count: w)) }
             return (v, inner.count)
         }
-        guard count >= 1 && count <= 60 else { throw ZeroSegError("--ctx must be between 1 and 60") }
+        guard count >= 1 && count <= 60 else {
+            throw ZeroSegError.invalidArgument("the number of context vectors must be between 1 and 60", parameter: "count")
+        }
         return (Synth.values(name: "coop-ctx", seed: seed, count: count * w, amplitude: 0.02 * 3.0.squareRoot()), count)
     }
 
@@ -333,10 +337,11 @@ public struct TuneSettings: Sendable, Equatable {
     public var seed: UInt64 = 0
     public init() {}
     public func validate() throws {
-        guard epochs >= 1 && epochs <= 10_000 else { throw ZeroSegError("--epochs must be between 1 and 10000") }
-        guard lr > 0 && lr.isFinite else { throw ZeroSegError("--lr must be positive") }
-        guard batch >= 1 else { throw ZeroSegError("--batch must be at least 1") }
-        guard weightDecay >= 0 else { throw ZeroSegError("--weight-decay must not be negative") }
+        func bad(_ parameter: String, _ message: String) -> ZeroSegError { .invalidArgument(message, parameter: parameter) }
+        guard epochs >= 1 && epochs <= 10_000 else { throw bad("epochs", "the number of epochs must be between 1 and 10000") }
+        guard lr > 0 && lr.isFinite else { throw bad("lr", "the learning rate must be positive") }
+        guard batch >= 1 else { throw bad("batch", "the batch size must be at least 1") }
+        guard weightDecay >= 0 else { throw bad("weightDecay", "the weight decay must not be negative") }
     }
 }
 
@@ -415,8 +420,13 @@ public struct PromptFile: Sendable {
                                   metadata: ["zeroseg": infoJSON, "format": "zeroseg-prompts-1"], to: url)
     }
 
-    /// Reads a prompt file and checks it against the model: made for another model → error.
+    /// Reads a prompt file and checks it against the model: made for another model → error
+    /// (every error is of kind `.badInput(file:)`).
     public init(url: URL, model: CLIPModel) throws {
+        self = try classifyingErrors(as: .badInput(file: url.path)) { try PromptFile(reading: url, model: model) }
+    }
+
+    init(reading url: URL, model: CLIPModel) throws {
         let f: SafetensorsFile
         do { f = try SafetensorsFile(path: url.path) } catch let e as ZeroSegError { throw ZeroSegError("prompts \(url.path): \(e.message)") }
         guard f.metadata["format"] == "zeroseg-prompts-1", let json = f.metadata["zeroseg"],

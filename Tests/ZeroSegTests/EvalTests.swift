@@ -148,13 +148,15 @@ private func near(_ a: Double?, _ b: Double?, _ tol: Double = 1e-12) -> Bool {
         } catch let e as ZeroSegError {
             #expect(e.message.hasPrefix("label value 7 in x.png is not a class (3 classes) and not the ignore value 255"))
             #expect(!e.message.contains("\n"))
+            #expect(e.kind == .badInput(file: "x.png"))
         }
         #expect(m == before)
         do {
             try m.add(prediction: [0], label: [4], reduceZeroLabel: true, source: "y.png")
             Issue.record("no error")
         } catch let e as ZeroSegError {
-            #expect(e.message.contains("4 (3 after --reduce-zero-label)"))
+            #expect(e.message.contains("4 (3 after reducing zero labels)"))
+            #expect(!e.message.contains("--"), "library errors name no command-line flags: \(e.message)")
         }
         #expect(throws: ZeroSegError.self) { try ConfusionMatrix.checkLabels([0, 1, 3], numClasses: 3) }
         try ConfusionMatrix.checkLabels([0, 1, 2, 255], numClasses: 3)
@@ -203,7 +205,7 @@ private func near(_ a: Double?, _ b: Double?, _ tol: Double = 1e-12) -> Bool {
     @Test func badLabelFiles() throws {
         let d = temporaryDirectory()
         let jpeg = repoRoot.appendingPathComponent("examples/chelsea.jpg")
-        #expect(throws: ZeroSegError("label \(jpeg.path) is not a PNG file")) { try Evaluation.loadLabelMap(jpeg) }
+        #expect(throws: ZeroSegError.badInput("label \(jpeg.path) is not a PNG file", file: jpeg.path)) { try Evaluation.loadLabelMap(jpeg) }
         let truncated = d.appendingPathComponent("t.png")
         let good = try Data(contentsOf: evalFixtures.appendingPathComponent("labels/gray8.png"))
         try good.prefix(good.count - 20).write(to: truncated)
@@ -231,7 +233,7 @@ private func near(_ a: Double?, _ b: Double?, _ tol: Double = 1e-12) -> Bool {
         #expect(p.imagesWithoutLabel.map(\.lastPathComponent) == ["c.jpeg"])
 
         try touch(labs.appendingPathComponent("z.png"))
-        #expect(throws: ZeroSegError("1 label in \(labs.path) has no image in \(imgs.path): z.png")) {
+        #expect(throws: ZeroSegError.badInput("1 label in \(labs.path) has no image in \(imgs.path): z.png", file: labs.path)) {
             try Evaluation.pairs(images: imgs, labels: labs)
         }
         try FileManager.default.removeItem(at: labs.appendingPathComponent("z.png"))
@@ -243,7 +245,7 @@ private func near(_ a: Double?, _ b: Double?, _ tol: Double = 1e-12) -> Bool {
         #expect(throws: ZeroSegError.self) { try Evaluation.pairs(images: d.appendingPathComponent("none"), labels: labs) }
         let empty = d.appendingPathComponent("empty")
         try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
-        #expect(throws: ZeroSegError("no label PNGs in \(empty.path)")) { try Evaluation.pairs(images: imgs, labels: empty) }
+        #expect(throws: ZeroSegError.badInput("no label PNGs in \(empty.path)", file: empty.path)) { try Evaluation.pairs(images: imgs, labels: empty) }
     }
 }
 
