@@ -58,14 +58,14 @@ extension CLIPModel {
             let ids = tokenize([phrase])[0]
             let inner = Array(ids.dropFirst().dropLast())
             guard !inner.isEmpty else {
-                throw ZeroSegError.invalidArgument("the context phrase \"\(phrase)\" has no tokens", parameter: "phrase")
+                throw ZeroSegError.invalidArgument("the context phrase \"\(phrase)\" has no tokens", parameter: "contextPhrase")
             }
             var v = [Float]()
             for id in inner { v += Array(UnsafeBufferPointer(start: textModel.tokenEmbedding + Int(id) * w, count: w)) }
             return (v, inner.count)
         }
         guard count >= 1 && count <= 60 else {
-            throw ZeroSegError.invalidArgument("the number of context vectors must be between 1 and 60", parameter: "count")
+            throw ZeroSegError.invalidArgument("the number of context vectors must be between 1 and 60", parameter: "contextLength")
         }
         return (Synth.values(name: "coop-ctx", seed: seed, count: count * w, amplitude: 0.02 * 3.0.squareRoot()), count)
     }
@@ -401,8 +401,8 @@ public struct PromptTuner {
 }
 
 /// A prompt file: the learned tensors (`ctx` [N, Wt], `adapter.weight` [P, P], `adapter.bias` [P],
-/// `logit_scale` [] (log)) and, in `__metadata__` under `zeroseg`, a JSON object with the model
-/// (source, fingerprint), seen classes, settings, date and loss summary.
+/// `logit_scale` [] (log)) and, in `__metadata__` under `zeroseg`, a JSON object: the
+/// `TuneReport` (model, seen classes, settings, training, loss, date and timings).
 public struct PromptFile: Sendable {
     public var prompts: LearnedPrompts
     public var info: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(infoJSON.utf8))) as? [String: Any] ?? [:] }
@@ -412,6 +412,14 @@ public struct PromptFile: Sendable {
         self.prompts = prompts
         infoJSON = String(decoding: try JSONSerialization.data(withJSONObject: info, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self)
     }
+
+    public init(prompts: LearnedPrompts, report: TuneReport) throws {
+        self.prompts = prompts
+        infoJSON = try JSONOutput.line(report)
+    }
+
+    /// The metadata as a `TuneReport` (nil for files written before the JSON schema was unified).
+    public var report: TuneReport? { try? JSONOutput.decode(TuneReport.self, from: Data(infoJSON.utf8)) }
 
     public func write(to url: URL, extra: [(name: String, shape: [Int], data: [Float])] = []) throws {
         let p = prompts
@@ -433,8 +441,11 @@ public struct PromptFile: Sendable {
               let info = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] else {
             throw ZeroSegError("\(url.path) is not a zeroseg prompt file (no zeroseg metadata)")
         }
-        if let fp = info["model_fingerprint"] as? String, fp != model.fingerprint {
-            throw ZeroSegError("prompts \(url.path) were made for model \(info["model"] as? String ?? "?") (fingerprint \(fp)), not \(model.source) (\(model.fingerprint))")
+        // the model object of the unified schema, or the older "model" string + "model_fingerprint"
+        let made = info["model"] as? [String: Any]
+        if let fp = made?["fingerprint"] as? String ?? info["model_fingerprint"] as? String, fp != model.fingerprint {
+            let source = made?["source"] as? String ?? info["model"] as? String ?? "?"
+            throw ZeroSegError("prompts \(url.path) were made for model \(source) (fingerprint \(fp)), not \(model.source) (\(model.fingerprint))")
         }
         let w = model.config.text.hiddenSize, d = model.config.projectionDim
         guard let ci = f.tensors["ctx"], ci.shape.count == 2, ci.shape[1] == w, ci.shape[0] >= 1,
@@ -446,20 +457,5 @@ public struct PromptFile: Sendable {
         guard p.flat.allSatisfy(\.isFinite) else { throw ZeroSegError("prompts \(url.path): non-finite values") }
         prompts = p
         infoJSON = json
-    }
-}
-
-extension SegmentationMetrics {
-    /// mIoU over the seen classes, over the others, and their harmonic mean (hIoU); classes
-    /// with no IoU (empty union) are left out as in mIoU.
-    public func seenUnseen(seen: Set<Int>) -> (seen: Double?, unseen: Double?, hIoU: Double?) {
-        func mean(_ idx: [Int]) -> Double? {
-            let v = idx.compactMap { classes[$0].iou }
-            return v.isEmpty ? nil : v.reduce(0, +) / Double(v.count)
-        }
-        let s = mean(classes.indices.filter { seen.contains($0) }), u = mean(classes.indices.filter { !seen.contains($0) })
-        var h: Double? = nil
-        if let s, let u { h = s + u > 0 ? 2 * s * u / (s + u) : 0 }
-        return (s, u, h)
     }
 }
