@@ -254,7 +254,7 @@ private func near(_ a: Double?, _ b: Double?, _ tol: Double = 1e-12) -> Bool {
 /// A tiny labelled set in a temporary folder: 3 images (45x30, 40x40, 33x20) and paletted label
 /// PNGs with classes 0...2, a few ignored pixels (255, or 0 with `reduceZero`: then classes are
 /// stored + 1).
-private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, labels: URL) {
+func makeDataset(reduceZero: Bool = false) throws -> (images: URL, labels: URL) {
     let d = temporaryDirectory("zeroseg-eval-set")
     let images = d.appendingPathComponent("images"), labels = d.appendingPathComponent("labels")
     for u in [images, labels] { try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true) }
@@ -305,8 +305,8 @@ private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, label
         #expect(hidden.isEmpty, "left-over files: \(hidden)")
 
         let rep = try JSONSerialization.jsonObject(with: reportData) as! [String: Any]
-        for key in ["zeroseg_version", "date", "model", "settings", "metric", "classes", "mIoU", "mAcc", "aAcc",
-                    "evaluated_pixels", "images", "seconds", "confusion_matrix"] {
+        for key in ["zeroseg_version", "command", "date", "model", "settings", "metric", "classes", "mIoU", "mAcc", "aAcc",
+                    "evaluated_pixels", "images", "timings", "confusion_matrix"] {
             #expect(rep[key] != nil, "missing \(key)")
         }
         #expect(rep["images"] as? Int == 3)
@@ -314,7 +314,7 @@ private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, label
         let settings = rep["settings"] as! [String: Any]
         #expect(settings["reduce_zero_label"] as? Bool == reduceZero && settings["ignore"] as? Int == 255)
         #expect(settings["short_side"] as? Int == 40 && settings["method"] as? String == "naclip")
-        let seconds = rep["seconds"] as! [String: Double]
+        let seconds = rep["timings"] as! [String: Double]
         #expect(Set(seconds.keys) == ["per_image", "segmentation", "model_load", "text", "total"])
 
         let classes = rep["classes"] as! [[String: Any]]
@@ -457,7 +457,8 @@ private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, label
         #expect(f.tensors["adapter.weight"]?.shape == [m.config.projectionDim, m.config.projectionDim])
         let info = try JSONSerialization.jsonObject(with: Data(f.metadata["zeroseg"]!.utf8)) as! [String: Any]
         #expect(info["seen"] as? [String] == ["cat", "wall"] && info["unseen"] as? [String] == ["grass"])
-        #expect(info["model_fingerprint"] as? String == m.fingerprint)
+        #expect((info["model"] as? [String: Any])?["fingerprint"] as? String == m.fingerprint)
+        #expect(try PromptFile(url: p, model: m).report?.header.command == "tune")
         #expect(((info["loss"] as! [String: Any])["epochs"] as! [Double]).count == 2)
 
         // eval with the prompts and --seen
