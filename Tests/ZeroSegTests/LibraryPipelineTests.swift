@@ -127,6 +127,35 @@ import ZeroSeg
         #expect(back.settings.dataset?.threads == 2 && back.settings.dataset?.ignore == 255)
     }
 
+    @Test func oneTuneGivesTheCLIsPromptFile() throws {
+        let (images, labels) = try makeDataset()
+        let dir = temporaryDirectory("zeroseg-lib-tune")
+        let cliFile = dir.appendingPathComponent("cli.safetensors"), libFile = dir.appendingPathComponent("lib.safetensors")
+        let r = try runCLI(["tune", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass|lawn,wall", "--seen", "cat,wall",
+                            "--out", cliFile.path, "--ctx", "3", "--epochs", "2", "--batch", "2", "--lr", "0.01", "--no-feature-cache"] + small,
+                           environment: Self.sameKernels)
+        #expect(r.status == 0, "\(r.stderr)")
+
+        let classes = try ClassSet.parse("cat,grass|lawn,wall")
+        let dataset = try TuneDataset(images: images, labels: labels, classes: classes,
+                                      seen: classes.indices(of: ["cat", "wall"], parameter: "seen"))
+        var o = TuneOptions()
+        o.training.epochs = 2; o.training.batch = 2; o.training.lr = 0.01
+        o.contextLength = 3; o.featureCache = false; o.timings = false
+        let training = try PromptTraining(dataset: dataset, segmentation: Self.settings, options: o, output: libFile)
+        let model = try CLIPModel(directory: GoldenModelTests.tinyDir)
+        guard case .finished(let result) = try training.run(model: model, threads: 2) else {
+            Issue.record("stopped early")
+            return
+        }
+        // Same tensors, same metadata (the report), same bytes.
+        let cli = try PromptFile(url: cliFile, model: model), lib = try PromptFile(url: libFile, model: model)
+        #expect(cli.prompts == lib.prompts && lib.prompts == result.prompts)
+        #expect(cli.infoJSON == lib.infoJSON && lib.report == result.report)
+        #expect(try Data(contentsOf: cliFile) == Data(contentsOf: libFile))
+        #expect(result.report.header.command == "tune" && result.report.seen == ["cat", "wall"] && result.report.unseen == ["grass"])
+    }
+
     /// The library reports each failed input through the callback and goes on with the others.
     @Test func failuresAreReportedPerInput() throws {
         let dir = temporaryDirectory("zeroseg-lib-fail")
