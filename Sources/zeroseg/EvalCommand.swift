@@ -75,8 +75,14 @@ struct Eval: ParsableCommand {
         // 1. Everything that can be wrong with the input is found before the (slow) model runs.
         let classes = try seg.classSet()
         let check = Progress(total: 0, quiet: quiet)
-        let evaluation = try EvaluationRun(classes: classes, segmentation: seg.settings(), settings: settings(classes),
+        let evaluation: EvaluationRun
+        do {
+            evaluation = try EvaluationRun(classes: classes, segmentation: seg.settings(), settings: settings(classes),
                                            progress: { i, n, stem in check.update(i, n, "checking \(stem)") })
+        } catch {
+            check.clear()
+            throw error
+        }
         check.clear()
         // 2. The model.
         let t0 = Date()
