@@ -65,7 +65,12 @@ public struct CheckpointFiles: Sendable {
         ("pytorch_model.bin", .huggingFace), ("open_clip_pytorch_model.bin", .openCLIP),
     ]
 
+    /// Errors are of kind `.badModel` (or `.unsupported`).
     public init(directory: URL) throws {
+        self = try classifyingErrors(as: .badModel) { try CheckpointFiles(reading: directory) }
+    }
+
+    init(reading directory: URL) throws {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: directory.path, isDirectory: &isDir), isDir.boolValue else {
@@ -131,7 +136,7 @@ public struct CheckpointFiles: Sendable {
             return true
         }
         func refuse(_ what: String) -> ZeroSegError {
-            ZeroSegError("\(name): \(what) is not supported (only OpenCLIP's standard CLIP with ViT towers and its default tokenizer)")
+            ZeroSegError.unsupported("\(name): \(what) is not supported (only OpenCLIP's standard CLIP with ViT towers and its default tokenizer)")
         }
         // Whole-model options: CustomTextCLIP (`text.` names), CoCa, SigLIP's logit bias.
         for k in ["custom_text", "multimodal_cfg", "init_logit_bias", "nonscalar_logit_scale"] where isSet(m[k]) {
@@ -204,10 +209,10 @@ public struct CheckpointFiles: Sendable {
                 p[keyPath: dst] = nums
             }
             if let mode = pc["resize_mode"], !(mode is NSNull), mode as? String != "shortest" {
-                throw ZeroSegError("\(name): preprocess_cfg.resize_mode \(mode) is not supported (zeroseg resizes the shortest side, then crops the centre)")
+                throw ZeroSegError.unsupported("\(name): preprocess_cfg.resize_mode \(mode) is not supported (zeroseg resizes the shortest side, then crops the centre)")
             }
             if let interp = pc["interpolation"], !(interp is NSNull), interp as? String != "bicubic" {
-                throw ZeroSegError("\(name): preprocess_cfg.interpolation \(interp) is not supported (zeroseg resizes bicubic)")
+                throw ZeroSegError.unsupported("\(name): preprocess_cfg.interpolation \(interp) is not supported (zeroseg resizes bicubic)")
             }
         }
         return (c, p)

@@ -148,7 +148,7 @@ private struct Reader {
     func activation(_ key: String) throws -> Activation? {
         guard let v = dict[key], !(v is NSNull) else { return nil }
         guard let s = v as? String, let a = Activation(rawValue: s) else {
-            throw ZeroSegError("\(source): unsupported \(key) \(v) (supported: quick_gelu, gelu, gelu_pytorch_tanh, gelu_new)")
+            throw ZeroSegError.unsupported("\(source): unsupported \(key) \(v) (supported: quick_gelu, gelu, gelu_pytorch_tanh, gelu_new)")
         }
         return a
     }

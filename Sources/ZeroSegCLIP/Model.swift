@@ -9,6 +9,15 @@ import Foundation
 /// reference dump; names follow scripts/reference/dump_stages.py).
 public typealias StageRecorder = (_ name: String, _ shape: [Int], _ data: ConstFloatPtr) -> Void
 
+/// The BPE vocabulary a model tokenizes with.
+public enum VocabularySource: Sendable, Equatable {
+    /// `vocab.json` + `merges.txt` of the model folder.
+    case modelFolder(URL)
+    /// The vocabulary bundled with zeroseg (`bpe_simple_vocab_16e6.txt.gz`, CLIP's 49408 tokens;
+    /// or the file `$ZEROSEG_VOCAB` names), used when the model folder has none.
+    case bundled(URL)
+}
+
 /// A CLIP model loaded from a Hugging Face layout directory. Immutable after loading, so one value
 /// can be shared by several threads.
 public final class CLIPModel: @unchecked Sendable {
@@ -20,6 +29,8 @@ public final class CLIPModel: @unchecked Sendable {
     public let visualProjection: ConstFloatPtr  // [P, Wv]
     public let logitScale: Float                // log of the scale, as stored
     public let tokenizer: Tokenizer
+    /// Which BPE vocabulary `tokenizer` was read from.
+    public let vocabularySource: VocabularySource
     /// Where the model came from (a directory) and whether its weights are synthetic (random).
     public let source: String
     public let isSynthetic: Bool
@@ -33,8 +44,22 @@ public final class CLIPModel: @unchecked Sendable {
     /// Loads a model directory: `config.json` + `model.safetensors` / `pytorch_model.bin`, or
     /// `open_clip_config.json` + `open_clip_model.safetensors` / `open_clip_pytorch_model.bin`
     /// (first found in `CheckpointFiles.preference`); `vocab.json` + `merges.txt` (else the bundled
-    /// BPE vocabulary); `preprocessor_config.json` (optional).
-    public init(directory: URL) throws {
+    /// BPE vocabulary, see `vocabularySource`); `preprocessor_config.json` (optional).
+    ///
+    /// The bundled vocabulary is CLIP's (49408 tokens): a folder without `vocab.json` /
+    /// `merges.txt` whose config names another vocabulary size is refused, and so is any folder
+    /// whose `tokenizer_config.json` names a tokenizer other than CLIP's. Every failure is a
+    /// `ZeroSegError` of kind `.badModel` (or `.unsupported` for a configuration zeroseg does
+    /// not implement).
+    public convenience init(directory: URL) throws {
+        do {
+            try self.init(loading: directory)
+        } catch let e as ZeroSegError where e.isGeneric {
+            throw e.with(kind: .badModel)
+        }
+    }
+
+    init(loading directory: URL) throws {
         let fm = FileManager.default
         let files = try CheckpointFiles(directory: directory)
         config = files.config
@@ -51,16 +76,39 @@ public final class CLIPModel: @unchecked Sendable {
         try r.finish()
         owned = r.owned
         let vocab = directory.appendingPathComponent("vocab.json"), merges = directory.appendingPathComponent("merges.txt")
+        try Self.checkTokenizerClass(directory)
         if fm.fileExists(atPath: vocab.path) || fm.fileExists(atPath: merges.path) {
             tokenizer = try Tokenizer(vocabJSON: vocab, merges: merges)
+            vocabularySource = .modelFolder(directory)
         } else {
-            tokenizer = try Tokenizer(bpeGzip: Tokenizer.defaultVocabURL())
+            let bundled = try Tokenizer.defaultVocabURL()
+            tokenizer = try Tokenizer(bpeGzip: bundled)
+            vocabularySource = .bundled(bundled)
+            guard tokenizer.vocabularySize == config.text.vocabSize else {
+                throw ZeroSegError.badModel("""
+                    model \(directory.path) has no vocab.json / merges.txt, and its config names a vocabulary of \
+                    \(config.text.vocabSize) tokens, not the \(tokenizer.vocabularySize) of the bundled CLIP vocabulary: \
+                    add the model's own vocab.json and merges.txt
+                    """)
+            }
         }
         guard tokenizer.vocabularySize <= config.text.vocabSize else {
             throw ZeroSegError("tokenizer has \(tokenizer.vocabularySize) tokens but the model's vocab_size is \(config.text.vocabSize)")
         }
         source = directory.path
         isSynthetic = (file as? SafetensorsFile)?.metadata["zeroseg_synthetic"] != nil
+    }
+
+    /// Refuses a folder whose `tokenizer_config.json` names a tokenizer other than CLIP's.
+    static func checkTokenizerClass(_ directory: URL) throws {
+        let url = directory.appendingPathComponent("tokenizer_config.json")
+        guard let data = FileManager.default.contents(atPath: url.path) else { return }
+        guard let root = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw ZeroSegError.badModel("\(url.path) is not a JSON object")
+        }
+        if let name = root["tokenizer_class"] as? String, !["CLIPTokenizer", "CLIPTokenizerFast"].contains(name) {
+            throw ZeroSegError.badModel("\(url.path) names the tokenizer \(name): zeroseg tokenizes as CLIPTokenizer only")
+        }
     }
 
     // MARK: Text

@@ -19,12 +19,12 @@ private func errnoText(_ code: Int32) -> String { String(cString: strerror(code)
 /// same directory, so the rename cannot cross file systems), which is flushed to disk and
 /// renamed over `url` only when everything succeeded. On any error the temporary file is
 /// removed, `url` is untouched, and a one-line `ZeroSegError("cannot write WHAT PATH: why")`
-/// is thrown. New files get the usual permissions (0666 less the umask).
+/// of kind `.io(file: PATH)` is thrown. New files get the usual permissions (0666 less the umask).
 public func writeFileAtomically(_ url: URL, what: String, _ body: (Int32) throws -> Void) throws {
     let path = url.path
     let dir = url.deletingLastPathComponent().path
     let name = url.lastPathComponent
-    func fail(_ why: String) -> ZeroSegError { ZeroSegError("cannot write \(what) \(path): \(why)") }
+    func fail(_ why: String) -> ZeroSegError { .io("cannot write \(what) \(path): \(why)", file: path) }
     guard !name.isEmpty, name != "/", name != ".", name != ".." else { throw fail("not a file name") }
 
     var isDir: ObjCBool = false

@@ -106,7 +106,7 @@ public final class SafetensorsFile: TensorSource, @unchecked Sendable {
         self.path = path
         self.file = file
         let name = (path as NSString).lastPathComponent
-        func bad(_ why: String) -> ZeroSegError { ZeroSegError("invalid safetensors file \(name): \(why)") }
+        func bad(_ why: String) -> ZeroSegError { .badModel("invalid safetensors file \(name): \(why)") }
         guard file.size >= 8 else { throw bad("file is \(file.size) bytes, shorter than the 8-byte header length") }
         let n = Int(UInt64(littleEndian: file.base.loadUnaligned(as: UInt64.self)))
         guard n >= 2, n <= Self.maxHeader else { throw bad("header length \(n) is not sane") }

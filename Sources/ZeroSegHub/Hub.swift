@@ -34,7 +34,7 @@ public struct HubRepo: Hashable, Sendable, CustomStringConvertible {
         }
         if let explicit {
             if let revision, revision != explicit {
-                throw ZeroSegError("\(spec) names revision \(revision) but --revision says \(explicit)")
+                throw ZeroSegError.invalidArgument("\(spec) names revision \(revision) but the revision argument says \(explicit)", parameter: "revision")
             }
             revision = explicit
         }

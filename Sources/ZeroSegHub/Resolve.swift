@@ -17,7 +17,12 @@ public enum ModelResolver {
     }
 
     /// As `load(_:warn:)`, reading `ZEROSEG_MODEL`, `HF_*`, `HOME` and `XDG_CACHE_HOME` from `environment`.
+    /// Errors are of kind `.badModel` (or `.unsupported`, `.io`).
     public static func load(_ name: String?, environment env: [String: String], warn: (String) -> Void) throws -> CLIPModel {
+        try classifyingErrors(as: .badModel) { try loading(name, environment: env, warn: warn) }
+    }
+
+    static func loading(_ name: String?, environment env: [String: String], warn: (String) -> Void) throws -> CLIPModel {
         if let name, !name.isEmpty { return try CLIPModel(directory: directory(named: name, environment: env, warn: warn)) }
         if let m = env["ZEROSEG_MODEL"], !m.isEmpty { return try CLIPModel(directory: directory(named: m, environment: env, warn: warn)) }
         let why: String
@@ -73,6 +78,10 @@ public enum ModelResolver {
     /// Hugging Face cache, downloaded into it when absent unless `HF_HUB_OFFLINE` is set. Errors name the cause.
     public static func directory(named name: String, environment env: [String: String] = ProcessInfo.processInfo.environment,
                                  warn: (String) -> Void) throws -> URL {
+        try classifyingErrors(as: .badModel) { try findDirectory(named: name, environment: env, warn: warn) }
+    }
+
+    static func findDirectory(named name: String, environment env: [String: String], warn: (String) -> Void) throws -> URL {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: name, isDirectory: &isDir) {
             guard isDir.boolValue else { throw ZeroSegError("model \(name) is a file: give a directory or a hub id ORG/NAME") }

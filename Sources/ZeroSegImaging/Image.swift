@@ -53,20 +53,25 @@ public struct RGBImage: Sendable, Equatable {
     /// Pillow raises `DecompressionBombError` above 2 * MAX_IMAGE_PIXELS = 178,956,970 pixels.
     public static let defaultMaxPixels = 178_956_970
 
-    /// Reads and decodes a JPEG or PNG file (format from its content, not its name).
+    /// Reads and decodes a JPEG or PNG file (format from its content, not its name). Errors are
+    /// `.badInput(file:)` (missing, unreadable, corrupt), or `.unsupported` (another format).
     public static func load(_ url: URL, maxPixels: Int = defaultMaxPixels) throws -> RGBImage {
-        let data: Data
-        do {
-            data = try Data(contentsOf: url)
-        } catch {
-            throw ZeroSegError("cannot read image \(url.path): \(error.localizedDescription)")
+        try classifyingErrors(as: .badInput(file: url.path)) {
+            let data: Data
+            do {
+                data = try Data(contentsOf: url)
+            } catch {
+                throw ZeroSegError("cannot read image \(url.path): \(error.localizedDescription)")
+            }
+            return try decode(bytes: [UInt8](data), source: url.path, maxPixels: maxPixels)
         }
-        return try decode(bytes: [UInt8](data), source: url.path, maxPixels: maxPixels)
     }
 
     /// Decodes JPEG or PNG bytes (format from the first bytes).
     public static func decode(data: Data, maxPixels: Int = defaultMaxPixels) throws -> RGBImage {
-        try decode(bytes: [UInt8](data), source: "image data", maxPixels: maxPixels)
+        try classifyingErrors(as: .badInput(file: nil)) {
+            try decode(bytes: [UInt8](data), source: "image data", maxPixels: maxPixels)
+        }
     }
 
     static func decode(bytes: [UInt8], source: String, maxPixels: Int) throws -> RGBImage {
@@ -77,7 +82,7 @@ public struct RGBImage: Sendable, Equatable {
         case .png:
             decoded = try decodePNG(bytes, source: source, maxPixels: maxPixels)
         case .other(let name):
-            throw ZeroSegError("cannot decode \(source): \(name) is not supported (zeroseg reads JPEG and PNG)")
+            throw ZeroSegError.unsupported("cannot decode \(source): \(name) is not supported (zeroseg reads JPEG and PNG)")
         case .unknown:
             throw ZeroSegError("cannot decode \(source): not a JPEG or PNG file (unrecognised first bytes)")
         }

@@ -31,7 +31,7 @@ func decodeJPEG(_ bytes: [UInt8], source: String, maxPixels: Int) throws -> Deco
         case 3: cinfo.pointee.out_color_space = JCS_RGB
         case 4: cinfo.pointee.out_color_space = JCS_CMYK  // libjpeg turns YCCK into CMYK
         default:
-            throw ZeroSegError("cannot decode \(source): JPEG with \(components) colour components is not supported")
+            throw ZeroSegError.unsupported("cannot decode \(source): JPEG with \(components) colour components is not supported")
         }
         // Pillow's defaults (it changes them only in draft mode).
         cinfo.pointee.dct_method = JDCT_ISLOW

@@ -32,12 +32,28 @@ public struct ClassSet: Sendable, Equatable {
 
     /// "road,car,pavement|sidewalk": comma-separated classes, `|` between synonyms.
     public static func parse(_ s: String, background: String? = nil) throws -> ClassSet {
-        try ClassSet(classes: splitList(s, what: "--classes").map { try splitNames($0) },
-                     background: background.map { try splitList($0, what: "--background") } ?? [])
+        let bg = try backgroundList(background)
+        do {
+            return try ClassSet(classes: splitList(s, what: "the class list").map { try splitNames($0) }, background: bg)
+        } catch let e as ZeroSegError where e.isGeneric {
+            throw e.with(kind: .invalidArgument(parameter: "classes"))
+        }
     }
 
     /// One class per line (blank lines and lines starting with # skipped), `|` between synonyms.
     public static func load(_ url: URL, background: String? = nil) throws -> ClassSet {
+        let bg = try backgroundList(background)  // a bad background list is not the file's fault
+        return try classifyingErrors(as: .badInput(file: url.path)) { try read(url, background: bg) }
+    }
+
+    static func backgroundList(_ s: String?) throws -> [String] {
+        guard let s else { return [] }
+        do { return try splitList(s, what: "the background list") } catch let e as ZeroSegError {
+            throw e.with(kind: .invalidArgument(parameter: "background"))
+        }
+    }
+
+    static func read(_ url: URL, background: [String]) throws -> ClassSet {
         guard let data = FileManager.default.contents(atPath: url.path) else {
             throw ZeroSegError("cannot read class file \(url.path)")
         }
@@ -45,8 +61,7 @@ public struct ClassSet: Sendable, Equatable {
         let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
             .filter { !$0.isEmpty && !$0.hasPrefix("#") }
         guard !lines.isEmpty else { throw ZeroSegError("class file \(url.path) has no classes") }
-        return try ClassSet(classes: lines.map { try splitNames($0) },
-                            background: background.map { try splitList($0, what: "--background") } ?? [])
+        return try ClassSet(classes: lines.map { try splitNames($0) }, background: background)
     }
 
     static func splitList(_ s: String, what: String) throws -> [String] {

@@ -50,8 +50,8 @@ public struct ConfusionMatrix: Sendable, Equatable {
         }
         if l == ignore { return nil }
         if l < numClasses { return l }
-        let shown = reduceZeroLabel ? "\(raw) (\(l) after --reduce-zero-label)" : "\(raw)"
-        throw ZeroSegError("label value \(shown) in \(source) is not a class (\(numClasses) classes) and not the ignore value \(ignore): wrong class list, --ignore or --reduce-zero-label?")
+        let shown = reduceZeroLabel ? "\(raw) (\(l) after reducing zero labels)" : "\(raw)"
+        throw ZeroSegError.badInput("label value \(shown) in \(source) is not a class (\(numClasses) classes) and not the ignore value \(ignore): wrong class list, ignore value or zero-label reduction?", file: source == "the label map" ? nil : source)
     }
 
     /// Checks every value of a label map (see `add`) without counting anything.
@@ -190,6 +190,10 @@ public enum Evaluation {
     /// named); images without a label are returned apart. Two files with the same stem in one
     /// directory, a JPEG label or a directory without labels are errors.
     public static func pairs(images: URL, labels: URL) throws -> EvalPairing {
+        try classifyingErrors(as: .badInput(file: labels.path)) { try pairing(images: images, labels: labels) }
+    }
+
+    static func pairing(images: URL, labels: URL) throws -> EvalPairing {
         let imgs = try listing(images, what: "images")
         let labs = try listing(labels, what: "labels")
         guard !labs.isEmpty else { throw ZeroSegError("no label PNGs in \(labels.path)") }
@@ -208,6 +212,10 @@ public enum Evaluation {
 
     /// stem -> file, for the image-like files of a directory.
     static func listing(_ dir: URL, what: String) throws -> [String: URL] {
+        try classifyingErrors(as: .badInput(file: dir.path)) { try listingFiles(dir, what: what) }
+    }
+
+    static func listingFiles(_ dir: URL, what: String) throws -> [String: URL] {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dir.path, isDirectory: &isDir) else {
             throw ZeroSegError("\(what) directory \(dir.path) does not exist")
@@ -236,11 +244,13 @@ public enum Evaluation {
     /// 8-bit grey values as stored, or palette indices (1, 2, 4 or 8 bits; not the palette's
     /// colours); 1-bit grey as 0/1. Colour, grey+alpha, 2/4/16-bit grey PNGs are errors.
     public static func loadLabelMap(_ url: URL, maxPixels: Int = RGBImage.defaultMaxPixels) throws -> LabelMap {
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch {
-            throw ZeroSegError("cannot read label \(url.path): \(error.localizedDescription)")
+        try classifyingErrors(as: .badInput(file: url.path)) {
+            let data: Data
+            do { data = try Data(contentsOf: url) } catch {
+                throw ZeroSegError("cannot read label \(url.path): \(error.localizedDescription)")
+            }
+            return try decodeLabelPNG([UInt8](data), source: url.path, maxPixels: maxPixels)
         }
-        return try decodeLabelPNG([UInt8](data), source: url.path, maxPixels: maxPixels)
     }
 
     static func decodeLabelPNG(_ bytes: [UInt8], source: String, maxPixels: Int) throws -> LabelMap {

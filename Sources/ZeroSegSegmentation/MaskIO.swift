@@ -27,7 +27,7 @@ public func writeProposalMasks(_ masks: [ProposalMask], to dir: URL, removingSta
     do {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     } catch {
-        throw ZeroSegError("cannot create proposal mask folder \(dir.path): \(error.localizedDescription)")
+        throw ZeroSegError.io("cannot create proposal mask folder \(dir.path): \(error.localizedDescription)", file: dir.path)
     }
     var names: [String] = []
     for (i, m) in masks.enumerated() {
@@ -44,7 +44,8 @@ public func writeProposalMasks(_ masks: [ProposalMask], to dir: URL, removingSta
             do {
                 try FileManager.default.removeItem(at: dir.appendingPathComponent(name))
             } catch {
-                throw ZeroSegError("cannot remove stale proposal mask \(dir.appendingPathComponent(name).path): \(error.localizedDescription)")
+                throw ZeroSegError.io("cannot remove stale proposal mask \(dir.appendingPathComponent(name).path): \(error.localizedDescription)",
+                                      file: dir.appendingPathComponent(name).path)
             }
         }
     }
@@ -57,6 +58,10 @@ public func writeProposalMasks(_ masks: [ProposalMask], to dir: URL, removingSta
 /// "file:NAME". A mask of another size, an unreadable or undecodable file, a missing folder or
 /// one without PNGs is a one-line `ZeroSegError` naming the file or folder.
 public func readProposalMasks(from dir: URL, width: Int, height: Int) throws -> [ProposalMask] {
+    try classifyingErrors(as: .badInput(file: dir.path)) { try readMasks(from: dir, width: width, height: height) }
+}
+
+func readMasks(from dir: URL, width: Int, height: Int) throws -> [ProposalMask] {
     let names = try maskFolderPNGs(dir)
     guard !names.isEmpty else { throw ZeroSegError("no proposal masks (*.png) in \(dir.path)") }
     return try names.map { name in

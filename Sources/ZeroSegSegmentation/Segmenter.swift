@@ -26,12 +26,14 @@ public struct SegmentationOptions: Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        guard shortSide >= 1 && shortSide <= 8192 else { throw ZeroSegError("--short-side must be between 1 and 8192") }
-        guard window >= 1, stride >= 1 else { throw ZeroSegError("--window and --stride must be positive") }
-        guard stride <= window else { throw ZeroSegError("--stride \(stride) is larger than --window \(window): pixels would be left out") }
-        guard logitScale > 0, logitScale.isFinite else { throw ZeroSegError("--logit-scale must be positive") }
-        guard threshold >= 0 && threshold <= 1 else { throw ZeroSegError("--threshold must be between 0 and 1") }
-        guard gaussianStd > 0 else { throw ZeroSegError("the Gaussian std must be positive") }
+        func bad(_ parameter: String, _ message: String) -> ZeroSegError { .invalidArgument(message, parameter: parameter) }
+        guard shortSide >= 1 && shortSide <= 8192 else { throw bad("shortSide", "the short side must be between 1 and 8192") }
+        guard window >= 1 else { throw bad("window", "the window size must be positive") }
+        guard stride >= 1 else { throw bad("stride", "the window stride must be positive") }
+        guard stride <= window else { throw bad("stride", "the window stride \(stride) is larger than the window \(window): pixels would be left out") }
+        guard logitScale > 0, logitScale.isFinite else { throw bad("logitScale", "the logit scale must be positive") }
+        guard threshold >= 0 && threshold <= 1 else { throw bad("threshold", "the threshold must be between 0 and 1") }
+        guard gaussianStd > 0 else { throw bad("gaussianStd", "the Gaussian std must be positive") }
     }
 }
 

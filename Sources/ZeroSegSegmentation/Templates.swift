@@ -98,15 +98,19 @@ public enum Templates {
         case "imagenet80": return imagenet80
         case "single": return single
         default:
-            guard let data = FileManager.default.contents(atPath: spec) else {
-                throw ZeroSegError("cannot read template file \(spec) (or use imagenet80 or single)")
-            }
-            guard let text = String(data: data, encoding: .utf8) else { throw ZeroSegError("template file \(spec) is not UTF-8") }
-            let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-            guard !lines.isEmpty else { throw ZeroSegError("template file \(spec) has no templates") }
-            for l in lines where !l.contains("{}") { throw ZeroSegError("template \"\(l)\" in \(spec) has no {}") }
-            return lines
+            return try classifyingErrors(as: .badInput(file: spec)) { try load(spec) }
         }
+    }
+
+    static func load(_ spec: String) throws -> [String] {
+        guard let data = FileManager.default.contents(atPath: spec) else {
+            throw ZeroSegError("cannot read template file \(spec) (or use imagenet80 or single)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else { throw ZeroSegError("template file \(spec) is not UTF-8") }
+        let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !lines.isEmpty else { throw ZeroSegError("template file \(spec) has no templates") }
+        for l in lines where !l.contains("{}") { throw ZeroSegError("template \"\(l)\" in \(spec) has no {}") }
+        return lines
     }
 
     public static func fill(_ template: String, _ name: String) -> String { template.replacingOccurrences(of: "{}", with: name) }

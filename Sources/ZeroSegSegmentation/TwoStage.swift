@@ -33,10 +33,11 @@ public struct TwoStageOptions: Sendable, Equatable {
     public init() {}
 
     public func validate() throws {
-        guard cropMargin >= 0 && cropMargin <= 2 else { throw ZeroSegError("--crop-margin must be between 0 and 2") }
-        guard fusionLambda >= 0 && fusionLambda <= 1 else { throw ZeroSegError("--fusion-lambda must be between 0 and 1") }
-        guard proposalSettings.maxProposals >= 1 else { throw ZeroSegError("--max-proposals must be at least 1") }
-        if let a = proposalSettings.minArea, a < 1 { throw ZeroSegError("--min-area must be at least 1 pixel") }
+        func bad(_ parameter: String, _ message: String) -> ZeroSegError { .invalidArgument(message, parameter: parameter) }
+        guard cropMargin >= 0 && cropMargin <= 2 else { throw bad("cropMargin", "the crop margin must be between 0 and 2") }
+        guard fusionLambda >= 0 && fusionLambda <= 1 else { throw bad("fusionLambda", "the fusion λ must be between 0 and 1") }
+        guard proposalSettings.maxProposals >= 1 else { throw bad("maxProposals", "the maximum number of proposals must be at least 1") }
+        if let a = proposalSettings.minArea, a < 1 { throw bad("minArea", "the minimum proposal area must be at least 1 pixel") }
     }
 }
 

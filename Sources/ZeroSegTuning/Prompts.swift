@@ -57,12 +57,16 @@ extension CLIPModel {
         if let phrase {
             let ids = tokenize([phrase])[0]
             let inner = Array(ids.dropFirst().dropLast())
-            guard !inner.isEmpty else { throw ZeroSegError("--ctx-init \"\(phrase)\" has no tokens") }
+            guard !inner.isEmpty else {
+                throw ZeroSegError.invalidArgument("the context phrase \"\(phrase)\" has no tokens", parameter: "contextPhrase")
+            }
             var v = [Float]()
             for id in inner { v += Array(UnsafeBufferPointer(start: textModel.tokenEmbedding + Int(id) * w, count: w)) }
             return (v, inner.count)
         }
-        guard count >= 1 && count <= 60 else { throw ZeroSegError("--ctx must be between 1 and 60") }
+        guard count >= 1 && count <= 60 else {
+            throw ZeroSegError.invalidArgument("the number of context vectors must be between 1 and 60", parameter: "contextLength")
+        }
         return (Synth.values(name: "coop-ctx", seed: seed, count: count * w, amplitude: 0.02 * 3.0.squareRoot()), count)
     }
 
@@ -333,10 +337,11 @@ public struct TuneSettings: Sendable, Equatable {
     public var seed: UInt64 = 0
     public init() {}
     public func validate() throws {
-        guard epochs >= 1 && epochs <= 10_000 else { throw ZeroSegError("--epochs must be between 1 and 10000") }
-        guard lr > 0 && lr.isFinite else { throw ZeroSegError("--lr must be positive") }
-        guard batch >= 1 else { throw ZeroSegError("--batch must be at least 1") }
-        guard weightDecay >= 0 else { throw ZeroSegError("--weight-decay must not be negative") }
+        func bad(_ parameter: String, _ message: String) -> ZeroSegError { .invalidArgument(message, parameter: parameter) }
+        guard epochs >= 1 && epochs <= 10_000 else { throw bad("epochs", "the number of epochs must be between 1 and 10000") }
+        guard lr > 0 && lr.isFinite else { throw bad("lr", "the learning rate must be positive") }
+        guard batch >= 1 else { throw bad("batch", "the batch size must be at least 1") }
+        guard weightDecay >= 0 else { throw bad("weightDecay", "the weight decay must not be negative") }
     }
 }
 
@@ -396,8 +401,8 @@ public struct PromptTuner {
 }
 
 /// A prompt file: the learned tensors (`ctx` [N, Wt], `adapter.weight` [P, P], `adapter.bias` [P],
-/// `logit_scale` [] (log)) and, in `__metadata__` under `zeroseg`, a JSON object with the model
-/// (source, fingerprint), seen classes, settings, date and loss summary.
+/// `logit_scale` [] (log)) and, in `__metadata__` under `zeroseg`, a JSON object: the
+/// `TuneReport` (model, seen classes, settings, training, loss, date and timings).
 public struct PromptFile: Sendable {
     public var prompts: LearnedPrompts
     public var info: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(infoJSON.utf8))) as? [String: Any] ?? [:] }
@@ -408,6 +413,14 @@ public struct PromptFile: Sendable {
         infoJSON = String(decoding: try JSONSerialization.data(withJSONObject: info, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self)
     }
 
+    public init(prompts: LearnedPrompts, report: TuneReport) throws {
+        self.prompts = prompts
+        infoJSON = try JSONOutput.line(report)
+    }
+
+    /// The metadata as a `TuneReport` (nil for files written before the JSON schema was unified).
+    public var report: TuneReport? { try? JSONOutput.decode(TuneReport.self, from: Data(infoJSON.utf8)) }
+
     public func write(to url: URL, extra: [(name: String, shape: [Int], data: [Float])] = []) throws {
         let p = prompts
         try SafetensorsFile.write([("ctx", [p.contextLength, p.textWidth], p.context), ("adapter.weight", [p.dim, p.dim], p.adapter),
@@ -415,16 +428,24 @@ public struct PromptFile: Sendable {
                                   metadata: ["zeroseg": infoJSON, "format": "zeroseg-prompts-1"], to: url)
     }
 
-    /// Reads a prompt file and checks it against the model: made for another model → error.
+    /// Reads a prompt file and checks it against the model: made for another model → error
+    /// (every error is of kind `.badInput(file:)`).
     public init(url: URL, model: CLIPModel) throws {
+        self = try classifyingErrors(as: .badInput(file: url.path)) { try PromptFile(reading: url, model: model) }
+    }
+
+    init(reading url: URL, model: CLIPModel) throws {
         let f: SafetensorsFile
         do { f = try SafetensorsFile(path: url.path) } catch let e as ZeroSegError { throw ZeroSegError("prompts \(url.path): \(e.message)") }
         guard f.metadata["format"] == "zeroseg-prompts-1", let json = f.metadata["zeroseg"],
               let info = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] else {
             throw ZeroSegError("\(url.path) is not a zeroseg prompt file (no zeroseg metadata)")
         }
-        if let fp = info["model_fingerprint"] as? String, fp != model.fingerprint {
-            throw ZeroSegError("prompts \(url.path) were made for model \(info["model"] as? String ?? "?") (fingerprint \(fp)), not \(model.source) (\(model.fingerprint))")
+        // the model object of the unified schema, or the older "model" string + "model_fingerprint"
+        let made = info["model"] as? [String: Any]
+        if let fp = made?["fingerprint"] as? String ?? info["model_fingerprint"] as? String, fp != model.fingerprint {
+            let source = made?["source"] as? String ?? info["model"] as? String ?? "?"
+            throw ZeroSegError("prompts \(url.path) were made for model \(source) (fingerprint \(fp)), not \(model.source) (\(model.fingerprint))")
         }
         let w = model.config.text.hiddenSize, d = model.config.projectionDim
         guard let ci = f.tensors["ctx"], ci.shape.count == 2, ci.shape[1] == w, ci.shape[0] >= 1,
@@ -436,20 +457,5 @@ public struct PromptFile: Sendable {
         guard p.flat.allSatisfy(\.isFinite) else { throw ZeroSegError("prompts \(url.path): non-finite values") }
         prompts = p
         infoJSON = json
-    }
-}
-
-extension SegmentationMetrics {
-    /// mIoU over the seen classes, over the others, and their harmonic mean (hIoU); classes
-    /// with no IoU (empty union) are left out as in mIoU.
-    public func seenUnseen(seen: Set<Int>) -> (seen: Double?, unseen: Double?, hIoU: Double?) {
-        func mean(_ idx: [Int]) -> Double? {
-            let v = idx.compactMap { classes[$0].iou }
-            return v.isEmpty ? nil : v.reduce(0, +) / Double(v.count)
-        }
-        let s = mean(classes.indices.filter { seen.contains($0) }), u = mean(classes.indices.filter { !seen.contains($0) })
-        var h: Double? = nil
-        if let s, let u { h = s + u > 0 ? 2 * s * u / (s + u) : 0 }
-        return (s, u, h)
     }
 }

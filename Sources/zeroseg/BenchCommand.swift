@@ -44,15 +44,11 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         let model = try options.load()
         let t = options.threads
-        var rows: [[String: Any]] = []
+        var rows: [BenchReport.Case] = []
         func report(_ name: String, _ seconds: Double, flops: Double? = nil, floor: Double? = nil, extra: String = "") {
-            var r: [String: Any] = ["case": name, "seconds": seconds]
+            let r = BenchReport.Case(name: name, seconds: seconds, flops: flops, sgemmRate: floor)
             var line = name.padding(toLength: max(40, name.count), withPad: " ", startingAt: 0) + String(format: " %9.3f s", seconds)
-            if let flops, let floor {
-                let fl = flops / floor
-                r["floor_seconds"] = fl; r["ratio_to_floor"] = seconds / fl; r["gflop"] = flops / 1e9
-                line += String(format: "   floor %7.3f s   x%.2f", fl, seconds / fl)
-            }
+            if let fl = r.floorSeconds, let ratio = r.ratioToFloor { line += String(format: "   floor %7.3f s   x%.2f", fl, ratio) }
             if !extra.isEmpty { line += "   " + extra }
             print(line)
             rows.append(r)
@@ -118,8 +114,8 @@ struct BenchCommand: ParsableCommand {
             }
             report("PAMR (11 classes at 480x360)", pamrT)
         }
-        // A folder of 480x360 PNGs through the CLI's pipeline (decode next / segment / write
-        // previous), warm class cache, all outputs written: images per second.
+        // A folder of 480x360 PNGs through the segmentation pipeline (decode next / segment /
+        // write previous), warm class cache, all outputs written: images per second.
         if selected.contains("folder") {
             let n = folderImages
             let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zeroseg-bench-folder-\(UUID().uuidString)")
@@ -132,29 +128,27 @@ struct BenchCommand: ParsableCommand {
                 try writeRGBPNG(Self.benchImage(width: 480, height: 360, seed: UInt64(10 + i)), to: u)
                 return u
             }
-            let cmd = try Segment.parse(["--classes", Self.camvid.joined(separator: ","), "--out", outDir.path, "--quiet", files[0].path])
-            let seg = try Segmenter(model: model, options: cmd.seg.options(), threads: t)
-            let set = try cmd.seg.classSet()
-            let cache = TextEmbeddingCache(model: model, root: dir.appendingPathComponent("cache"))
-            let queries = try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache)
-            let quiet = Progress(total: n, quiet: true)
-            var failed = 0
-            let folderT = try Bench.best(max(1, repeats - 1), warmUp: false) {
-                failed = try cmd.segmentFiles(files, model: model, segmenter: seg, set: set, queries: queries, textSeconds: 0, into: outDir, progress: quiet)
+            let pipeline = try SegmentationPipeline(model: model, classes: ClassSet(classes: Self.camvid.map { [$0] }),
+                                                    settings: SegmentationSettings(), threads: t,
+                                                    cache: TextEmbeddingCache(model: model, root: dir.appendingPathComponent("cache")))
+            var failed: [(input: URL, error: any Error)] = []
+            let folderT = Bench.best(max(1, repeats - 1), warmUp: false) {
+                failed = pipeline.run(files, into: outDir).failed
             }
-            guard failed == 0 else { throw ZeroSegError("bench: \(failed) folder image(s) failed") }
+            if let f = failed.first { throw f.error }
             report("folder of \(n) images 480x360 (pipeline)", folderT,
                    extra: String(format: "%.2f images/s, decode + segment + write", Double(n) / folderT))
         }
         let rss = Bench.peakRSS()
         print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))
         if let json {
-            let obj: [String: Any] = ["sgemm_gflops": rate / 1e9, "threads": t, "model": model.source, "synthetic": model.isSynthetic,
-                                      "cases": rows, "peak_rss_bytes": rss, "zeroseg": ZeroSeg.version,
-                                      "openblas_kernels": BLASKernels.coreName,
-                                      "openblas_kernels_replaced": ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"] ?? NSNull()]
-            let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-            try writeAtomically(d, to: URL(fileURLWithPath: json))
+            let report = BenchReport(
+                header: RecordHeader(command: "bench", model: ModelRecord(model),
+                                     timings: Dictionary(rows.map { ($0.name, $0.seconds) }, uniquingKeysWith: { a, _ in a })),
+                settings: .init(threads: t, repeats: repeats, cases: selected.sorted(), folderImages: folderImages),
+                sgemmGflops: rate / 1e9, cases: rows, peakRSSBytes: rss, openblasKernels: BLASKernels.coreName,
+                openblasKernelsReplaced: ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"])
+            try writeDataAtomically(JSONOutput.data(report), to: URL(fileURLWithPath: json), what: "JSON")
         }
     }
 

@@ -7,9 +7,7 @@ extension Refinement: ExpressibleByArgument {}
 extension ProposalSource: ExpressibleByArgument {}
 extension RegionFeatures: ExpressibleByArgument {}
 
-enum SegmentMode: String, CaseIterable, ExpressibleByArgument {
-    case oneStage = "one-stage", twoStage = "two-stage"
-}
+extension SegmentationMode: ExpressibleByArgument {}
 
 /// The class list and every option of one-stage segmentation (shared by `segment` and `eval`).
 struct SegmentationArguments: ParsableArguments {
@@ -50,7 +48,7 @@ struct SegmentationArguments: ParsableArguments {
     var threshold: Float = 0
 
     @Option(help: "one-stage (dense CLIP scores per pixel) or two-stage (class-agnostic mask proposals, each classified with CLIP, fused with the one-stage scores).")
-    var mode: SegmentMode = .oneStage
+    var mode: SegmentationMode = .oneStage
 
     @Option(help: "Two-stage proposals: slic (superpixels merged by dense CLIP features), kmeans (dense-feature clusters for k = 2, 3, 4, 6, 8 snapped to superpixels) or both (default).")
     var proposals: ProposalSource?
@@ -76,21 +74,10 @@ struct SegmentationArguments: ParsableArguments {
     @Option(help: "Learned prompts from `zeroseg tune` (CoOp context, patch adapter, logit scale): used for every class name, seen or not; --templates and --logit-scale are then unused.")
     var prompts: String?
 
-    /// The prompt file, checked against the model (another model: error; other settings: warning).
+    /// The learned prompts of --prompts (nil without), checked against the model (another
+    /// model: error; other settings: a warning).
     func loadPrompts(model: CLIPModel) throws -> LearnedPrompts? {
-        guard let prompts else { return nil }
-        let f = try PromptFile(url: URL(fileURLWithPath: prompts), model: model)
-        if let made = f.info["settings"] as? [String: Any] {
-            // compared after a JSON round trip, as the file's settings went through one
-            let now = (try? JSONSerialization.data(withJSONObject: settingsJSON()))
-                .flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
-            let keys = ["method", "short_side", "window", "stride", "windows"]
-            let differ = keys.filter { k in "\(made[k] ?? "-")" != "\(now[k] ?? "-")" }
-            if !differ.isEmpty {
-                printErr("warning: prompts \(prompts) were tuned with other settings (\(differ.map { "\($0) \(made[$0] ?? "-")" }.joined(separator: ", ")))")
-            }
-        }
-        return f.prompts
+        try settings().loadPrompts(model: model, warn: { printErr("warning: \($0)") })
     }
 
     var twoStageFlagsGiven: [String] {
@@ -111,72 +98,37 @@ struct SegmentationArguments: ParsableArguments {
                 throw ValidationError("--masks \(masks): no such folder")
             }
         }
-        if mode == .twoStage { do { try twoStageOptions().validate() } catch let e as ZeroSegError { throw ValidationError(e.message) } }
-        do { try options().validate() } catch let e as ZeroSegError { throw ValidationError(e.message) }
-        if classes != nil { do { _ = try classSet() } catch let e as ZeroSegError { throw ValidationError(e.message) } }
+        try validating { try settings().validate() }
+        if classes != nil { try validating { _ = try classSet() } }
     }
 
-    func options() -> SegmentationOptions {
-        var o = SegmentationOptions()
-        o.method = method; o.shortSide = shortSide; o.window = window; o.stride = stride
-        o.useWindows = !noWindow; o.logitScale = logitScale; o.refine = refine; o.threshold = threshold
-        return o
-    }
-
-    func twoStageOptions() -> TwoStageOptions {
-        var t = TwoStageOptions()
-        if let proposals { t.proposals = proposals }
-        if let maxProposals { t.proposalSettings.maxProposals = maxProposals }
-        t.proposalSettings.minArea = minArea
-        if let cropMargin { t.cropMargin = cropMargin }
-        if let fusionLambda { t.fusionLambda = fusionLambda }
-        if let regionFeatures { t.regionFeatures = regionFeatures }
-        return t
-    }
-
-    /// The outside masks for an input (nil: propose them): DIR/NAME/*.png, else, for a single
-    /// input, DIR/*.png.
-    func externalMasks(for input: URL, singleInput: Bool, width: Int, height: Int) throws -> [ProposalMask]? {
-        guard let masks else { return nil }
-        let stem = input.deletingPathExtension().lastPathComponent
-        let sub = URL(fileURLWithPath: masks).appendingPathComponent(stem)
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: sub.path, isDirectory: &isDir), isDir.boolValue {
-            return try readProposalMasks(from: sub, width: width, height: height)
-        }
-        if singleInput { return try readProposalMasks(from: URL(fileURLWithPath: masks), width: width, height: height) }
-        throw ZeroSegError("--masks \(masks): no folder \(stem)/ for \(input.path)")
+    /// The library's settings from the flags.
+    func settings() -> SegmentationSettings {
+        var s = SegmentationSettings()
+        s.options.method = method; s.options.shortSide = shortSide; s.options.window = window; s.options.stride = stride
+        s.options.useWindows = !noWindow; s.options.logitScale = logitScale; s.options.refine = refine; s.options.threshold = threshold
+        s.templates = templates
+        s.mode = mode
+        if let proposals { s.twoStage.proposals = proposals }
+        if let maxProposals { s.twoStage.proposalSettings.maxProposals = maxProposals }
+        s.twoStage.proposalSettings.minArea = minArea
+        if let cropMargin { s.twoStage.cropMargin = cropMargin }
+        if let fusionLambda { s.twoStage.fusionLambda = fusionLambda }
+        if let regionFeatures { s.twoStage.regionFeatures = regionFeatures }
+        s.masks = masks
+        s.prompts = prompts
+        return s
     }
 
     func classSet() throws -> ClassSet {
         if let classes { return try ClassSet.parse(classes, background: background) }
         return try ClassSet.load(URL(fileURLWithPath: classesFile!), background: background)
     }
-
-    func templateList() throws -> [String] { try Templates.named(templates) }
-
-    /// Settings as recorded in JSON outputs.
-    func settingsJSON() -> [String: Any] {
-        ["method": method.rawValue, "templates": templates, "short_side": shortSide, "window": window, "stride": stride,
-         "windows": !noWindow, "logit_scale": Double(logitScale), "refine": refine.rawValue, "threshold": Double(threshold),
-         "background": background.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } } ?? [],
-         "mode": mode.rawValue, "prompts": prompts ?? NSNull()].merging(mode == .twoStage ? twoStageJSON() : [:]) { a, _ in a }
-    }
-
-    func twoStageJSON() -> [String: Any] {
-        let t = twoStageOptions()
-        var j: [String: Any] = ["crop_margin": t.cropMargin, "fusion_lambda": Double(t.fusionLambda), "region_features": t.regionFeatures.rawValue]
-        if let masks { j["masks"] = masks } else {
-            j["proposals"] = t.proposals.rawValue; j["max_proposals"] = t.proposalSettings.maxProposals
-            j["min_area"] = t.proposalSettings.minArea ?? "0.2% of the image"
-        }
-        return j
-    }
 }
 
 /// A one-line progress display on stderr, only when stderr is a terminal.
 final class Progress {
-    let total: Int
+    var total: Int
     let enabled: Bool
     let start = Date()
     init(total: Int, quiet: Bool) {
@@ -190,5 +142,11 @@ final class Progress {
         let el = Date().timeIntervalSince(start)
         FileHandle.standardError.write(Data("\r[\(bar)] \(done)/\(total) \(String(format: "%.1fs", el)) \(label.prefix(40))\u{1B}[K".utf8))
     }
+    func update(_ done: Int, _ total: Int, _ label: String) {
+        self.total = total
+        update(done, label)
+    }
     func finish() { if enabled { FileHandle.standardError.write(Data("\n".utf8)) } }
+    /// Erases the line (before an error message or the next stage).
+    func clear() { if enabled { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) } }
 }

@@ -73,144 +73,66 @@ struct Tune: ParsableCommand {
     @Flag(help: "No progress display.")
     var quiet = false
 
+    @Flag(help: "No timings and no date in the prompt file's metadata (every timing 0).")
+    var noTimings = false
+
     @OptionGroup var seg: SegmentationArguments
     @OptionGroup var options: ModelOptions
 
     func validate() throws {
         if (seen == nil) == (unseen == nil) { throw ValidationError("give exactly one of --seen and --unseen") }
         if seg.mode != .oneStage || seg.prompts != nil { throw ValidationError("tune learns one-stage prompts: drop --mode and --prompts") }
-        var s = TuneSettings()
-        s.epochs = epochs; s.lr = lr; s.batch = batch; s.weightDecay = weightDecay
-        do { try s.validate() } catch let e as ZeroSegError { throw ValidationError(e.message) }
-        if ctxInit == nil && !(1...60).contains(ctx) { throw ValidationError("--ctx must be between 1 and 60") }
-        if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
         if let stopAfterEpochs, stopAfterEpochs < 1 || stopAfterEpochs >= epochs {
             throw ValidationError("--stop-after-epochs must be between 1 and --epochs - 1")
         }
+        try validating { try tuneOptions().validate() }
+        if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
     }
 
-    struct Stopped: Error { let epoch: Int }
+    /// The library's options from the flags.
+    func tuneOptions() -> TuneOptions {
+        var o = TuneOptions()
+        o.training.epochs = epochs; o.training.lr = lr; o.training.batch = batch; o.training.optimizer = optimizer
+        o.training.weightDecay = weightDecay; o.training.seed = seed
+        o.contextLength = ctx; o.contextPhrase = ctxInit
+        o.stopAfterEpochs = stopAfterEpochs; o.resume = resume; o.featureCache = !noFeatureCache; o.timings = !noTimings
+        return o
+    }
 
     func run() throws {
-        let t0 = Date()
-        let set = try seg.classSet()
-        let nc = set.classes.count
-        let seenIdx: Set<Int> = try seen.map { try classIndices($0, in: set, option: "--seen") }
-            ?? Set(0..<nc).subtracting(try classIndices(unseen!, in: set, option: "--unseen"))
-        guard !seenIdx.isEmpty else { throw ZeroSegError("every class is unseen: nothing to train on") }
-        let seenOrder = seenIdx.sorted()
-        let names = seenOrder.map { set.classes[$0][0] }
-        var remap = [Int32](repeating: -1, count: 256)
-        for (k, c) in seenOrder.enumerated() { remap[c] = Int32(k) }
-        let out = URL(fileURLWithPath: outPath), ckpt = URL(fileURLWithPath: outPath + ".ckpt")
-        try checkWritableFile(out, what: "prompt file")
-        var pairs = try Evaluation.pairs(images: URL(fileURLWithPath: images), labels: URL(fileURLWithPath: labels)).pairs
-        if let limit { pairs = Array(pairs.prefix(limit)) }
-        guard !pairs.isEmpty else { throw ZeroSegError("\(images): no image/label pairs") }
-
+        let classes = try seg.classSet()
+        let seenSet = try seen.map { try classes.indices(of: $0.split(separator: ",").map(String.init), parameter: "seen") }
+            ?? Set(classes.classes.indices).subtracting(try classes.indices(of: unseen!.split(separator: ",").map(String.init), parameter: "unseen"))
+        let dataset = try TuneDataset(images: URL(fileURLWithPath: images), labels: URL(fileURLWithPath: labels), classes: classes,
+                                      seen: seenSet, ignore: ignore, limit: limit)
+        let training = try PromptTraining(dataset: dataset, segmentation: seg.settings(), options: tuneOptions(),
+                                          output: URL(fileURLWithPath: outPath))
+        training.classesFile = seg.classesFile
         let model = try options.load()
-        let segmenter = try Segmenter(model: model, options: seg.options(), threads: options.threads)
-        // 1. Dense features of the frozen encoder, once (and cached on disk for later runs).
-        let progress = Progress(total: pairs.count, quiet: quiet)
-        let cache = noFeatureCache ? nil : FeatureCache(model: model, options: segmenter.options)
-        var examples: [TuneExample] = [], cached = 0
-        for (i, p) in pairs.enumerated() {
-            progress.update(i, "features \(p.stem)")
-            let label = try Evaluation.loadLabelMap(p.label)
-            let image = try RGBImage.load(p.image)
-            guard image.width == label.width && image.height == label.height else {
-                throw ZeroSegError("\(p.label.path) is \(label.width)x\(label.height), \(p.image.path) is \(image.width)x\(image.height)")
-            }
-            try ConfusionMatrix.checkLabels(label.values, numClasses: nc, ignore: ignore, source: p.label.path)
-            let target = label.values.map { Int(ignore) == Int($0) ? -1 : remap[Int($0)] }
-            let features: FeatureGrid
-            if let c = cache?.load(p.image) {
-                features = c
-                cached += 1
-            } else {
-                features = try segmenter.featureGrid(image)
-                cache?.store(features, for: p.image)
-            }
-            examples.append(TuneExample(features: features, target: target, width: image.width, height: image.height))
+        let features = Progress(total: dataset.pairs.count, quiet: quiet)
+        var bar: Progress?
+        let outcome = try training.run(
+            model: model, threads: options.threads,
+            features: { i, _, stem in
+                features.update(i, i == dataset.pairs.count ? "features done" : "features \(stem)")
+                if i == dataset.pairs.count { features.finish() }
+            },
+            step: { e, s, n, loss in
+                if bar == nil { bar = Progress(total: max(1, epochs * n), quiet: quiet) }
+                bar?.update(e * n + s, String(format: "epoch %d/%d loss %.4f", e + 1, epochs, loss))
+            },
+            resumed: { url, epoch in printErr("resumed from \(url.path) after epoch \(epoch)") })
+        bar?.finish()
+        switch outcome {
+        case .stopped(let epoch, let of, let checkpoint):
+            print("stopped after epoch \(epoch) of \(of); continue with --resume (checkpoint \(checkpoint.path))")
+        case .finished(let r):
+            let t = r.report.header.timings, loss = r.report.loss
+            print(String(format: "tuned on %d images, %d seen classes (%@): loss %.4f -> %.4f over %d epochs; features %.1f s (%d cached), training %.1f s, peak RSS %.0f MB",
+                         r.examples, r.report.promptNames.count, r.report.promptNames.joined(separator: ", "), loss.initial, loss.final ?? .nan,
+                         epochs, t["features"] ?? 0, r.cachedFeatures, t["training"] ?? 0, Double(Bench.peakRSS()) / 1e6))
+            print("wrote \(training.output.path)")
+            if model.isSynthetic { printErr("warning: tuned on SYNTHETIC random weights: the prompts are meaningless") }
         }
-        progress.update(pairs.count, "features done")
-        progress.finish()
-        let tFeatures = Date().timeIntervalSince(t0)
-
-        // 2. Training.
-        let c0 = try model.initialContext(count: ctx, phrase: ctxInit, seed: seed)
-        let prompts = LearnedPrompts(context: c0.values, contextLength: c0.count, textWidth: model.config.text.hiddenSize,
-                                     dim: model.config.projectionDim, logScale: logf(seg.logitScale))
-        var settings = TuneSettings()
-        settings.epochs = epochs; settings.lr = lr; settings.batch = batch; settings.optimizer = optimizer
-        settings.weightDecay = weightDecay; settings.seed = seed
-        var tuner = try PromptTuner(model: model, names: names, examples: examples, prompts: prompts, settings: settings)
-        let first = try tuneLossAndGradients(model: model, prompts: prompts, seenNames: names, batch: examples, gradients: false).loss
-        if resume, FileManager.default.fileExists(atPath: ckpt.path) {
-            try restore(&tuner, from: ckpt, model: model)
-            printErr("resumed from \(ckpt.path) after epoch \(tuner.epoch)")
-        }
-        let bar = Progress(total: max(1, settings.epochs * tuner.stepsPerEpoch), quiet: quiet)
-        let t1 = Date()
-        do {
-            try tuner.train(progress: { e, s, n, loss in
-                bar.update(e * n + s, String(format: "epoch %d/%d loss %.4f", e + 1, settings.epochs, loss))
-            }, endOfEpoch: { t in
-                try file(t, names: names, seenOrder: seenOrder, set: set, initialLoss: first, seconds: [:])
-                    .write(to: ckpt, extra: checkpointTensors(t))
-                if t.epoch == stopAfterEpochs { throw Stopped(epoch: t.epoch) }
-            })
-        } catch let s as Stopped {
-            bar.finish()
-            print("stopped after epoch \(s.epoch) of \(settings.epochs); continue with --resume (checkpoint \(ckpt.path))")
-            return
-        }
-        bar.finish()
-        let tTrain = Date().timeIntervalSince(t1)
-        let final = try tuneLossAndGradients(model: model, prompts: tuner.prompts, seenNames: names, batch: examples, gradients: false).loss
-        let f = try file(tuner, names: names, seenOrder: seenOrder, set: set, initialLoss: first, finalLoss: final,
-                         seconds: ["features": tFeatures, "training": tTrain, "total": Date().timeIntervalSince(t0)])
-        try f.write(to: out)
-        try? FileManager.default.removeItem(at: ckpt)
-        print(String(format: "tuned on %d images, %d seen classes (%@): loss %.4f -> %.4f over %d epochs; features %.1f s (%d cached), training %.1f s, peak RSS %.0f MB",
-                     examples.count, names.count, names.joined(separator: ", "), first, final, settings.epochs, tFeatures, cached, tTrain,
-                     Double(Bench.peakRSS()) / 1e6))
-        print("wrote \(out.path)")
-        if model.isSynthetic { printErr("warning: tuned on SYNTHETIC random weights: the prompts are meaningless") }
-    }
-
-    func file(_ t: PromptTuner, names: [String], seenOrder: [Int], set: ClassSet, initialLoss: Float, finalLoss: Float? = nil,
-              seconds: [String: Double]) throws -> PromptFile {
-        let model = t.model
-        var info: [String: Any] = [
-            "model": model.source, "model_fingerprint": model.fingerprint, "synthetic": model.isSynthetic,
-            "seen": seenOrder.map { set.displayNames[$0] }, "prompt_names": names,
-            "unseen": (0..<set.classes.count).filter { !seenOrder.contains($0) }.map { set.displayNames[$0] },
-            "settings": seg.settingsJSON(),
-            "training": ["epochs": t.settings.epochs, "epochs_done": t.epoch, "lr": Double(t.settings.lr), "batch": t.settings.batch,
-                         "optimizer": t.settings.optimizer.rawValue, "weight_decay": Double(t.settings.weightDecay),
-                         "seed": t.settings.seed, "ctx": t.prompts.contextLength, "ctx_init": ctxInit ?? NSNull(),
-                         "images": images, "labels": labels, "ignore": ignore, "examples": t.examples.count],
-            "loss": ["initial": Double(initialLoss), "epochs": t.epochLosses.map(Double.init), "final": finalLoss.map(Double.init) ?? NSNull()],
-            "date": ISO8601DateFormatter().string(from: Date()), "zeroseg": ZeroSeg.version,
-        ]
-        if !seconds.isEmpty { info["seconds"] = seconds }
-        return try PromptFile(prompts: t.prompts, info: info)
-    }
-
-    func checkpointTensors(_ t: PromptTuner) -> [(name: String, shape: [Int], data: [Float])] {
-        let s = t.optimizer.state
-        return [("optimizer.m", [s.m.count], s.m), ("optimizer.v", [s.v.count], s.v),
-                ("optimizer.step", [], [Float(t.optimizer.step)]), ("epoch", [], [Float(t.epoch)])]
-    }
-
-    func restore(_ t: inout PromptTuner, from url: URL, model: CLIPModel) throws {
-        let f = try PromptFile(url: url, model: model)
-        let st = try SafetensorsFile(path: url.path)
-        guard f.prompts.contextLength == t.prompts.contextLength else { throw ZeroSegError("\(url.path): another context length") }
-        t.prompts = f.prompts
-        try t.optimizer.restore(step: Int(try st.floats("optimizer.step")[0]), m: try st.floats("optimizer.m"), v: try st.floats("optimizer.v"))
-        t.epoch = Int(try st.floats("epoch")[0])
-        if let l = f.info["loss"] as? [String: Any], let e = l["epochs"] as? [Double] { t.epochLosses = e.map(Float.init) }
     }
 }

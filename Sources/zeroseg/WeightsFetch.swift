@@ -21,6 +21,13 @@ struct Fetch: ParsableCommand {
     @Option(help: "Branch, tag or commit hash (default: main).")
     var revision: String?
 
+    func validate() throws {
+        if let revision, let at = id.firstIndex(of: "@") {
+            let named = id[id.index(after: at)...]
+            if !named.isEmpty && named != revision { throw ValidationError("\(id) names revision \(named) but --revision says \(revision)") }
+        }
+    }
+
     func run() throws {
         let repo = try HubRepo(parsing: id, revision: revision)
         let hub = Hub(log: { printErr($0) })

@@ -12,16 +12,16 @@ struct ZeroSegCommand: ParsableCommand {
         defaultSubcommand: Segment.self
     )
 
-    /// Every failure is one line on stderr ("error: ...") and a non-zero exit; --help and
-    /// --version print as usual.
+    /// Every failure is one line on stderr ("error: ...") and an exit code that says its kind
+    /// (`ExitCodes`); --help and --version print as usual.
     static func main() {
         useFastBLASKernels()
         do {
             var command = try parseAsRoot()
             try command.run()
         } catch let e as ZeroSegError {
-            printErr("error: \(e.message)")
-            Foundation.exit(1)
+            printErr("error: \(cliMessage(e))")
+            Foundation.exit(ExitCodes.code(for: e.kind))
         } catch let e as ExitCode {
             Foundation.exit(e.rawValue)  // the command has already said why
         } catch {
@@ -29,9 +29,58 @@ struct ZeroSegCommand: ParsableCommand {
             if code == .success { exit(withError: error) }
             let msg = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
             printErr("error: \(msg.hasPrefix("Error: ") ? String(msg.dropFirst(7)) : msg)")
-            Foundation.exit(code.rawValue == 0 ? 1 : code.rawValue)
+            Foundation.exit(code == .validationFailure ? ExitCodes.usage : (code.rawValue == 0 ? ExitCodes.failed : code.rawValue))
         }
     }
+}
+
+/// The exit codes of every command (README "Exit codes").
+enum ExitCodes {
+    /// Some (not all) inputs of a segmentation run failed, or an error of no other kind.
+    static let failed: Int32 = 1
+    /// Bad command line: an unknown option, a missing or out-of-range value, a bad combination.
+    static let usage: Int32 = 2
+    /// An input file or folder is missing, unreadable or malformed (image, label, class list, ...).
+    static let badInput: Int32 = 3
+    /// The model cannot be loaded or had.
+    static let badModel: Int32 = 4
+    /// An output cannot be written.
+    static let io: Int32 = 5
+    /// Valid but not supported (an image format, a model configuration).
+    static let unsupported: Int32 = 6
+
+    static func code(for kind: ZeroSegError.Kind) -> Int32 {
+        switch kind {
+        case .invalidArgument: return usage
+        case .badInput: return badInput
+        case .badModel: return badModel
+        case .io: return io
+        case .unsupported: return unsupported
+        case .other: return failed
+        }
+    }
+}
+
+/// The command-line flag of a library parameter (`ZeroSegError.Kind.invalidArgument`).
+let flagOfParameter: [String: String] = [
+    "shortSide": "--short-side", "window": "--window", "stride": "--stride", "logitScale": "--logit-scale",
+    "threshold": "--threshold", "cropMargin": "--crop-margin", "fusionLambda": "--fusion-lambda",
+    "maxProposals": "--max-proposals", "minArea": "--min-area", "masks": "--masks", "classes": "--classes",
+    "background": "--background", "seen": "--seen", "unseen": "--unseen", "ignore": "--ignore", "limit": "--limit",
+    "savePredictions": "--save-predictions", "epochs": "--epochs", "lr": "--lr", "batch": "--batch",
+    "weightDecay": "--weight-decay", "contextLength": "--ctx", "contextPhrase": "--ctx-init",
+    "stopAfterEpochs": "--stop-after-epochs", "revision": "--revision", "mode": "--mode", "proposals": "--save-proposals",
+]
+
+/// A library error as the command line says it: a bad parameter is named by its flag.
+func cliMessage(_ e: ZeroSegError) -> String {
+    if case .invalidArgument(let p?) = e.kind, let flag = flagOfParameter[p] { return "\(flag): \(e.message)" }
+    return e.message
+}
+
+/// Runs a library check inside `validate()`: its error becomes a usage error naming the flag.
+func validating(_ body: () throws -> Void) throws {
+    do { try body() } catch let e as ZeroSegError where e.isGeneric { throw ValidationError(cliMessage(e)) }
 }
 
 /// When OpenBLAS has fallen back to kernels without AVX2 on a CPU that has it (see
@@ -57,14 +106,19 @@ struct ModelOptions: ParsableArguments {
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be between 1 and 256") }
     }
 
+    /// The model (`ModelResolver`); says on stderr when it tokenizes with the bundled vocabulary.
     func load() throws -> CLIPModel {
-        let m = try ModelResolver.load(model, warn: { FileHandle.standardError.write(Data("\($0)\n".utf8)) })
+        let m = try ModelResolver.load(model, warn: { printErr($0) })
+        if case .bundled(let url) = m.vocabularySource {
+            printErr("note: \(m.source) has no vocab.json / merges.txt: tokenizing with the bundled CLIP vocabulary (\(url.lastPathComponent), \(m.tokenizer.vocabularySize) tokens)")
+        }
         return m
     }
 }
 
 func printErr(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
 
+/// One line of JSON (keys sorted) for outputs that are plain data (tokenize, embed).
 func jsonLine(_ obj: Any) throws -> String {
     let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
     return String(decoding: d, as: UTF8.self)
@@ -158,11 +212,15 @@ struct Classify: ParsableCommand {
         let names = try parseClasses(classes)
         let img = try RGBImage.load(URL(fileURLWithPath: image))
         let model = try options.load()
-        let result = try ZeroShotClassifier(model: model).classify(img, classes: names, threads: options.threads)
+        let classifier = ZeroShotClassifier(model: model)
+        let t0 = Date()
+        let result = try classifier.classify(img, classes: names, threads: options.threads)
         if json {
-            var obj: [String: Any] = ["image": image, "model": model.source, "synthetic": model.isSynthetic]
-            obj["classes"] = zip(names, result).map { ["name": $0.0, "probability": Double($0.1)] }
-            print(try jsonLine(obj))
+            let record = ClassifyRecord(
+                header: RecordHeader(command: "classify", model: ModelRecord(model), timings: ["total": Date().timeIntervalSince(t0)]),
+                settings: .init(template: classifier.template, threads: options.threads), image: image,
+                classes: zip(names, result).map { .init(name: $0.0, probability: Double($0.1)) })
+            print(try JSONOutput.line(record))
         } else {
             let width = max(5, names.map(\.count).max() ?? 0)
             var out = ""

@@ -66,7 +66,9 @@ func runCLI(_ args: [String], environment: [String: String] = [:]) throws -> CLI
         #expect(abs(probs.reduce(0, +) - 1) < 2e-4)
         let j = try runCLI(["classify", "--model", tiny, "examples/chelsea.jpg", "--classes", "cat,dog,rocket", "--json"])
         let obj = try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as! [String: Any]
-        #expect(obj["synthetic"] as? Bool == true)
+        // the shared JSON schema (docs/json.md): the model is an object, as in every record
+        #expect((obj["model"] as? [String: Any])?["synthetic"] as? Bool == true)
+        #expect(obj["zeroseg_version"] as? String == ZeroSeg.version && obj["command"] as? String == "classify")
         let classes = obj["classes"] as! [[String: Any]]
         #expect(classes.map { $0["name"] as! String } == ["cat", "dog", "rocket"])
         let model = try CLIPModel(directory: GoldenModelTests.tinyDir)

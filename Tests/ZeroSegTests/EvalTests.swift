@@ -148,13 +148,15 @@ private func near(_ a: Double?, _ b: Double?, _ tol: Double = 1e-12) -> Bool {
         } catch let e as ZeroSegError {
             #expect(e.message.hasPrefix("label value 7 in x.png is not a class (3 classes) and not the ignore value 255"))
             #expect(!e.message.contains("\n"))
+            #expect(e.kind == .badInput(file: "x.png"))
         }
         #expect(m == before)
         do {
             try m.add(prediction: [0], label: [4], reduceZeroLabel: true, source: "y.png")
             Issue.record("no error")
         } catch let e as ZeroSegError {
-            #expect(e.message.contains("4 (3 after --reduce-zero-label)"))
+            #expect(e.message.contains("4 (3 after reducing zero labels)"))
+            #expect(!e.message.contains("--"), "library errors name no command-line flags: \(e.message)")
         }
         #expect(throws: ZeroSegError.self) { try ConfusionMatrix.checkLabels([0, 1, 3], numClasses: 3) }
         try ConfusionMatrix.checkLabels([0, 1, 2, 255], numClasses: 3)
@@ -203,7 +205,7 @@ private func near(_ a: Double?, _ b: Double?, _ tol: Double = 1e-12) -> Bool {
     @Test func badLabelFiles() throws {
         let d = temporaryDirectory()
         let jpeg = repoRoot.appendingPathComponent("examples/chelsea.jpg")
-        #expect(throws: ZeroSegError("label \(jpeg.path) is not a PNG file")) { try Evaluation.loadLabelMap(jpeg) }
+        #expect(throws: ZeroSegError.badInput("label \(jpeg.path) is not a PNG file", file: jpeg.path)) { try Evaluation.loadLabelMap(jpeg) }
         let truncated = d.appendingPathComponent("t.png")
         let good = try Data(contentsOf: evalFixtures.appendingPathComponent("labels/gray8.png"))
         try good.prefix(good.count - 20).write(to: truncated)
@@ -231,7 +233,7 @@ private func near(_ a: Double?, _ b: Double?, _ tol: Double = 1e-12) -> Bool {
         #expect(p.imagesWithoutLabel.map(\.lastPathComponent) == ["c.jpeg"])
 
         try touch(labs.appendingPathComponent("z.png"))
-        #expect(throws: ZeroSegError("1 label in \(labs.path) has no image in \(imgs.path): z.png")) {
+        #expect(throws: ZeroSegError.badInput("1 label in \(labs.path) has no image in \(imgs.path): z.png", file: labs.path)) {
             try Evaluation.pairs(images: imgs, labels: labs)
         }
         try FileManager.default.removeItem(at: labs.appendingPathComponent("z.png"))
@@ -243,7 +245,7 @@ private func near(_ a: Double?, _ b: Double?, _ tol: Double = 1e-12) -> Bool {
         #expect(throws: ZeroSegError.self) { try Evaluation.pairs(images: d.appendingPathComponent("none"), labels: labs) }
         let empty = d.appendingPathComponent("empty")
         try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
-        #expect(throws: ZeroSegError("no label PNGs in \(empty.path)")) { try Evaluation.pairs(images: imgs, labels: empty) }
+        #expect(throws: ZeroSegError.badInput("no label PNGs in \(empty.path)", file: empty.path)) { try Evaluation.pairs(images: imgs, labels: empty) }
     }
 }
 
@@ -252,7 +254,7 @@ private func near(_ a: Double?, _ b: Double?, _ tol: Double = 1e-12) -> Bool {
 /// A tiny labelled set in a temporary folder: 3 images (45x30, 40x40, 33x20) and paletted label
 /// PNGs with classes 0...2, a few ignored pixels (255, or 0 with `reduceZero`: then classes are
 /// stored + 1).
-private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, labels: URL) {
+func makeDataset(reduceZero: Bool = false) throws -> (images: URL, labels: URL) {
     let d = temporaryDirectory("zeroseg-eval-set")
     let images = d.appendingPathComponent("images"), labels = d.appendingPathComponent("labels")
     for u in [images, labels] { try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true) }
@@ -303,8 +305,8 @@ private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, label
         #expect(hidden.isEmpty, "left-over files: \(hidden)")
 
         let rep = try JSONSerialization.jsonObject(with: reportData) as! [String: Any]
-        for key in ["zeroseg_version", "date", "model", "settings", "metric", "classes", "mIoU", "mAcc", "aAcc",
-                    "evaluated_pixels", "images", "seconds", "confusion_matrix"] {
+        for key in ["zeroseg_version", "command", "date", "model", "settings", "metric", "classes", "mIoU", "mAcc", "aAcc",
+                    "evaluated_pixels", "images", "timings", "confusion_matrix"] {
             #expect(rep[key] != nil, "missing \(key)")
         }
         #expect(rep["images"] as? Int == 3)
@@ -312,7 +314,7 @@ private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, label
         let settings = rep["settings"] as! [String: Any]
         #expect(settings["reduce_zero_label"] as? Bool == reduceZero && settings["ignore"] as? Int == 255)
         #expect(settings["short_side"] as? Int == 40 && settings["method"] as? String == "naclip")
-        let seconds = rep["seconds"] as! [String: Double]
+        let seconds = rep["timings"] as! [String: Double]
         #expect(Set(seconds.keys) == ["per_image", "segmentation", "model_load", "text", "total"])
 
         let classes = rep["classes"] as! [[String: Any]]
@@ -455,7 +457,8 @@ private func makeDataset(reduceZero: Bool = false) throws -> (images: URL, label
         #expect(f.tensors["adapter.weight"]?.shape == [m.config.projectionDim, m.config.projectionDim])
         let info = try JSONSerialization.jsonObject(with: Data(f.metadata["zeroseg"]!.utf8)) as! [String: Any]
         #expect(info["seen"] as? [String] == ["cat", "wall"] && info["unseen"] as? [String] == ["grass"])
-        #expect(info["model_fingerprint"] as? String == m.fingerprint)
+        #expect((info["model"] as? [String: Any])?["fingerprint"] as? String == m.fingerprint)
+        #expect(try PromptFile(url: p, model: m).report?.header.command == "tune")
         #expect(((info["loss"] as! [String: Any])["epochs"] as! [Double]).count == 2)
 
         // eval with the prompts and --seen

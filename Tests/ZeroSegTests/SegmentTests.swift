@@ -115,7 +115,7 @@ import ZeroSegTestSupport
         for (i, c) in classes.enumerated() { #expect(abs((c["area"] as! Double) - lib.areaFraction[i]) < 1e-12) }
         #expect((json["model"] as! [String: Any])["synthetic"] as! Bool == true)
         #expect((json["settings"] as! [String: Any])["method"] as! String == "naclip")
-        #expect(json["zeroseg"] as! String == ZeroSeg.version)
+        #expect(json["zeroseg_version"] as! String == ZeroSeg.version)
         // scores.npy: numpy header, float32 [3, 50, 75], values as the library's.
         let npy = try Data(contentsOf: out.appendingPathComponent("cat.scores.npy"))
         #expect(npy.count == 128 + 3 * 50 * 75 * 4)

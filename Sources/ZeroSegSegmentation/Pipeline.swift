@@ -1,0 +1,269 @@
+import Dispatch
+import Foundation
+import ZeroSegCore
+import ZeroSegFormats
+import ZeroSegImaging
+import ZeroSegCLIP
+
+/// Which files `SegmentationPipeline.run` writes for each input NAME, besides `NAME.labels.png`,
+/// `NAME.overlay.png` and `NAME.json`.
+public struct SegmentationOutputs: Sendable, Equatable {
+    /// `NAME.scores.npy`: float32 [classes, H, W] per-class probabilities.
+    public var scores = false
+    /// Two-stage: the masks used, `NAME/NNN.png` (255 inside), and `NAME.proposals.json`.
+    public var proposals = false
+    /// Timings and the date in `NAME.json`; false: every timing 0 and no date, so that the
+    /// outputs depend on the inputs only (byte-comparable between runs).
+    public var timings = true
+    public init() {}
+}
+
+/// What `SegmentationPipeline.run` did.
+public struct SegmentationSummary: Sendable {
+    /// Inputs segmented and written.
+    public let succeeded: [URL]
+    /// Inputs that failed (in input order), with their error.
+    public let failed: [(input: URL, error: any Error)]
+}
+
+/// Zero-shot segmentation of image files into an output folder, as `zeroseg IMAGE|FOLDER...`
+/// does it: for each input NAME, `NAME.labels.png` (8-bit paletted, index = class, 255 =
+/// background), `NAME.overlay.png` (image blended with class colours, legend), `NAME.json`
+/// (`SegmentRecord`), and as asked (`SegmentationOutputs`) `NAME.scores.npy` and the two-stage
+/// proposals. One input that fails does not stop the others; each failure is reported to the
+/// caller as it happens.
+///
+/// ```swift
+/// let files = try SegmentationPipeline.collectImages(["photos/"])
+/// let pipeline = try SegmentationPipeline(model: model, classes: ClassSet.parse("road,car,sky"), settings: SegmentationSettings())
+/// let summary = try pipeline.run(files, into: URL(fileURLWithPath: "out"))
+/// ```
+public final class SegmentationPipeline: @unchecked Sendable {
+    public let model: CLIPModel
+    public let classes: ClassSet
+    public let settings: SegmentationSettings
+    public let segmenter: Segmenter
+    /// The two-stage segmenter (two-stage mode only).
+    public let twoStage: TwoStageSegmenter?
+    /// The class queries [Q][P] (from the templates, or the learned prompts).
+    public let queries: [[Float]]
+    /// Seconds spent computing `queries` (recorded as the first image's `text` timing).
+    public let textSeconds: Double
+    let palette: [(UInt8, UInt8, UInt8)]
+
+    /// Builds the segmenter and computes the class queries: the text encoder runs here (names
+    /// already in `cache` are read from it). `prompts`: learned prompts (`PromptFile` of
+    /// ZeroSegTuning, as `settings.prompts` names), else the templates are used.
+    public init(model: CLIPModel, classes: ClassSet, settings: SegmentationSettings, prompts: (any PromptHead)? = nil,
+                threads: Int = defaultThreads, cache: TextEmbeddingCache? = nil) throws {
+        try settings.validate()
+        let templates = try settings.templateList()
+        self.model = model
+        self.classes = classes
+        self.settings = settings
+        segmenter = try Segmenter(model: model, options: settings.options, threads: threads, prompts: prompts)
+        twoStage = settings.mode == .twoStage ? try TwoStageSegmenter(segmenter: segmenter, options: settings.twoStage) : nil
+        let t0 = Date()
+        queries = try segmenter.queryEmbeddings(classes, templates: templates, cache: cache ?? TextEmbeddingCache(model: model))
+        textSeconds = Date().timeIntervalSince(t0)
+        palette = classPalette(count: classes.classes.count)
+    }
+
+    // MARK: Before any work
+
+    /// Image files from paths of files and folders (a folder gives its .jpg, .jpeg and .png
+    /// files, sorted by name). A missing input, a folder without images, or two inputs with the
+    /// same name (their outputs would collide) are errors of kind `.badInput(file:)`.
+    public static func collectImages(_ inputs: [String]) throws -> [URL] {
+        let fm = FileManager.default
+        var files: [URL] = []
+        for input in inputs {
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: input, isDirectory: &isDir) else {
+                throw ZeroSegError.badInput("\(input): no such file or folder", file: input)
+            }
+            if isDir.boolValue {
+                let items: [String]
+                do { items = try fm.contentsOfDirectory(atPath: input).sorted() } catch {
+                    throw ZeroSegError.badInput("cannot list \(input): \(error.localizedDescription)", file: input)
+                }
+                let imgs = items.filter { ["jpg", "jpeg", "png"].contains(($0 as NSString).pathExtension.lowercased()) }
+                if imgs.isEmpty { throw ZeroSegError.badInput("\(input): no .jpg, .jpeg or .png files", file: input) }
+                files += imgs.map { URL(fileURLWithPath: input).appendingPathComponent($0) }
+            } else {
+                files.append(URL(fileURLWithPath: input))
+            }
+        }
+        var seen: [String: String] = [:]
+        for f in files {
+            let stem = f.deletingPathExtension().lastPathComponent
+            if let other = seen[stem] {
+                throw ZeroSegError.badInput("inputs \(other) and \(f.path) have the same name \(stem): their outputs would collide", file: f.path)
+            }
+            seen[stem] = f.path
+        }
+        return files
+    }
+
+    /// Creates the output folder and checks that it can be written (errors of kind `.io`).
+    public static func prepareOutputDirectory(_ dir: URL) throws {
+        do { try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true) }
+        catch { throw ZeroSegError.io("cannot create output folder \(dir.path)", file: dir.path) }
+        let probe = dir.appendingPathComponent(".zeroseg-write-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        guard FileManager.default.createFile(atPath: probe.path, contents: Data()) else {
+            throw ZeroSegError.io("output folder \(dir.path) is not writable", file: dir.path)
+        }
+        try? FileManager.default.removeItem(at: probe)
+    }
+
+    // MARK: One image
+
+    /// Segments one image (`input` names it, for outside masks); `singleInput`: the run has only
+    /// this input (outside masks may then be `masks/*.png`).
+    public func segment(_ image: RGBImage, input: URL, singleInput: Bool = true, wantScores: Bool = false) throws
+        -> (result: SegmentationResult, regions: [RegionScore]?) {
+        if let twoStage {
+            let masks = try settings.externalMasks(for: input, singleInput: singleInput, width: image.width, height: image.height)
+            let t = try twoStage.segment(image, classes: classes, queries: queries, masks: masks, wantScores: wantScores)
+            return (t.result, t.regions)
+        }
+        return (try segmenter.segment(image, classes: classes, queries: queries, wantScores: wantScores), nil)
+    }
+
+    /// The `NAME.json` record of a segmented image. `timings`: seconds per stage as recorded
+    /// (`recordTimings` false: all 0, no date); `maskFiles`: the saved mask files of the regions.
+    public func record(_ r: SegmentationResult, input: URL, regions: [RegionScore]?, timings: [String: Double],
+                       recordTimings: Bool = true, maskFiles: [String]? = nil) -> SegmentRecord {
+        let classAreas = classes.classes.enumerated().map { i, names in
+            let c = palette[i]
+            return SegmentRecord.ClassArea(index: i, name: names[0], names: names, color: [Int(c.0), Int(c.1), Int(c.2)],
+                                           area: r.areaFraction[i], meanScore: r.meanScore[i])
+        }
+        return SegmentRecord(header: RecordHeader(command: "segment", model: model, timings: timings, record: recordTimings),
+                             settings: SettingsRecord(segmentation: settings.record(background: classes.background)),
+                             image: input.path, width: r.width, height: r.height, classes: classAreas,
+                             backgroundOrUnlabelledArea: max(0, 1 - r.areaFraction.reduce(0, +)),
+                             regions: regions.map { RegionRecord.records($0, classes: classes, files: maskFiles) })
+    }
+
+    /// Writes the outputs of one image into `dir`: everything is rendered first, then written
+    /// file by file (each atomically); if any write fails, the files already written for this
+    /// input are removed: nothing half-written.
+    public func write(_ r: SegmentationResult, image: RGBImage, input: URL, regions: [RegionScore]?, timings: [String: Double],
+                      outputs: SegmentationOutputs = SegmentationOutputs(), into dir: URL) throws {
+        let stem = input.deletingPathExtension().lastPathComponent
+        let overlay = try renderOverlay(image: image, labels: r.labels, classNames: classes.displayNames, areaFractions: r.areaFraction,
+                                        palette: palette, alpha: 0.5,
+                                        title: "zeroseg \(settings.options.method.rawValue)\(regions != nil ? " two-stage" : "")",
+                                        footer: model.isSynthetic ? "SYNTHETIC WEIGHTS: meaningless" : nil)
+        let maskFiles = regions.map { rs in rs.indices.map { "\(stem)/" + proposalMaskFileName($0, count: rs.count) } }
+        let json = try JSONOutput.data(record(r, input: input, regions: regions, timings: timings, recordTimings: outputs.timings,
+                                              maskFiles: outputs.proposals ? maskFiles : nil))
+        var written: [URL] = []
+        func out(_ suffix: String) -> URL { let u = dir.appendingPathComponent(stem + suffix); written.append(u); return u }
+        do {
+            try writeLabelPNG(labels: r.labels, width: r.width, height: r.height, palette: palette, to: out(".labels.png"))
+            try writeRGBPNG(overlay, to: out(".overlay.png"))
+            if outputs.scores, let s = r.scores {
+                try writeNpy(s, shape: [classes.classes.count, r.height, r.width], to: out(".scores.npy"))
+            }
+            if outputs.proposals, let regions, let maskFiles {
+                for f in maskFiles { written.append(dir.appendingPathComponent(f)) }
+                _ = try writeProposalMasks(regions.map(\.mask), to: dir.appendingPathComponent(stem), removingStale: true)
+                let pj = ProposalsRecord(image: input.path, width: r.width, height: r.height,
+                                         masks: RegionRecord.records(regions, classes: classes, files: maskFiles))
+                try writeDataAtomically(JSONOutput.data(pj), to: out(".proposals.json"), what: "proposals JSON")
+            }
+            try writeDataAtomically(json, to: out(".json"), what: "JSON")
+        } catch {
+            for u in written { try? FileManager.default.removeItem(at: u) }
+            throw error
+        }
+    }
+
+    // MARK: Many images
+
+    /// Segments `files` into `dir` (which must exist: `prepareOutputDirectory`). A folder runs
+    /// as a pipeline that keeps the cores busy: while image i is segmented (the encoder uses
+    /// every thread), image i+1 is decoded and image i-1's outputs are rendered and written on
+    /// other threads; at most one image waits to be written. Results and errors are those of a
+    /// plain loop.
+    ///
+    /// - `progress(done, total, next)`: before each image (`next` is it) and at the end (nil).
+    /// - `failure(input, error)`: each failed input as it happens, one call at a time (from any
+    ///   thread); the failures are also in the summary.
+    public func run(_ files: [URL], into dir: URL, outputs: SegmentationOutputs = SegmentationOutputs(),
+                    progress: ((_ done: Int, _ total: Int, _ next: URL?) -> Void)? = nil,
+                    failure: (@Sendable (_ input: URL, _ error: any Error) -> Void)? = nil) -> SegmentationSummary {
+        if outputs.proposals && twoStage == nil {
+            let e = ZeroSegError.invalidArgument("saving proposals needs the two-stage mode", parameter: "proposals")
+            for f in files { failure?(f, e) }
+            return SegmentationSummary(succeeded: [], failed: files.map { ($0, e) })
+        }
+        let log = FailureLog(report: failure)
+        let writer = DispatchQueue(label: "zeroseg.write"), decoder = DispatchQueue(label: "zeroseg.decode")
+        let writeSlot = DispatchSemaphore(value: 1)
+        func decode(_ url: URL) -> DispatchWorkItem {
+            let item = DispatchWorkItem { log.setImage(url, Result { try RGBImage.load(url) }) }
+            decoder.async(execute: item)
+            return item
+        }
+        var pending = files.first.map(decode)
+        for (i, file) in files.enumerated() {
+            progress?(i, files.count, file)
+            pending?.wait()
+            let decoded = log.takeImage(file)
+            pending = i + 1 < files.count ? decode(files[i + 1]) : nil
+            do {
+                let start = Date()
+                let image = try decoded.get()
+                let (r, regions) = try segment(image, input: file, singleInput: files.count == 1, wantScores: outputs.scores)
+                var timings = r.timings
+                timings["text"] = i == 0 ? textSeconds : 0
+                timings["total"] = Date().timeIntervalSince(start) + (i == 0 ? textSeconds : 0)
+                let finalTimings = timings
+                writeSlot.wait()
+                writer.async {
+                    defer { writeSlot.signal() }
+                    do {
+                        try self.write(r, image: image, input: file, regions: regions, timings: finalTimings, outputs: outputs, into: dir)
+                    } catch {
+                        log.add(file, error)
+                    }
+                }
+            } catch {
+                log.add(file, error)
+            }
+        }
+        writer.sync {}
+        progress?(files.count, files.count, nil)
+        let failed = log.failures
+        let failedSet = Set(failed.map(\.input))
+        return SegmentationSummary(succeeded: files.filter { !failedSet.contains($0) },
+                                   failed: files.compactMap { f in failed.first { $0.input == f } })
+    }
+}
+
+/// Failures of a pipelined run, reported as they happen (one call at a time), and decoded
+/// images handed between threads.
+final class FailureLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var list: [(input: URL, error: any Error)] = []
+    private var images: [URL: Result<RGBImage, any Error>] = [:]
+    private let report: (@Sendable (URL, any Error) -> Void)?
+
+    init(report: (@Sendable (URL, any Error) -> Void)?) { self.report = report }
+
+    func add(_ file: URL, _ error: any Error) {
+        lock.withLock {
+            list.append((file, error))
+            report?(file, error)
+        }
+    }
+    var failures: [(input: URL, error: any Error)] { lock.withLock { list } }
+
+    func setImage(_ url: URL, _ r: Result<RGBImage, any Error>) { lock.withLock { images[url] = r } }
+    func takeImage(_ url: URL) -> Result<RGBImage, any Error> {
+        lock.withLock { images.removeValue(forKey: url) ?? .failure(ZeroSegError("internal: \(url.path) was not decoded")) }
+    }
+}
