@@ -143,9 +143,10 @@ struct Tune: ParsableCommand {
                                      dim: model.config.projectionDim, logScale: logf(seg.logitScale))
         var settings = TuneSettings()
         settings.epochs = epochs; settings.lr = lr; settings.batch = batch; settings.optimizer = optimizer
-        settings.weightDecay = weightDecay; settings.seed = seed
+        settings.weightDecay = weightDecay; settings.seed = seed; settings.threads = options.threads
         var tuner = try PromptTuner(model: model, names: names, examples: examples, prompts: prompts, settings: settings)
-        let first = try tuneLossAndGradients(model: model, prompts: prompts, seenNames: names, batch: examples, gradients: false).loss
+        let first = try tuneLossAndGradients(model: model, prompts: prompts, seenNames: names, batch: examples, gradients: false,
+                                             threads: options.threads).loss
         if resume, FileManager.default.fileExists(atPath: ckpt.path) {
             try restore(&tuner, from: ckpt, model: model)
             printErr("resumed from \(ckpt.path) after epoch \(tuner.epoch)")
@@ -167,7 +168,8 @@ struct Tune: ParsableCommand {
         }
         bar.finish()
         let tTrain = Date().timeIntervalSince(t1)
-        let final = try tuneLossAndGradients(model: model, prompts: tuner.prompts, seenNames: names, batch: examples, gradients: false).loss
+        let final = try tuneLossAndGradients(model: model, prompts: tuner.prompts, seenNames: names, batch: examples, gradients: false,
+                                             threads: options.threads).loss
         let f = try file(tuner, names: names, seenOrder: seenOrder, set: set, initialLoss: first, finalLoss: final,
                          seconds: ["features": tFeatures, "training": tTrain, "total": Date().timeIntervalSince(t0)])
         try f.write(to: out)
