@@ -35,7 +35,7 @@ extension CLIPModel {
         let w = config.vision.hiddenSize, t = gh * gw + 1, p = config.projectionDim
         denseLastLayer(layers[layers.count - 1], x.ptr, batch: n, tokens: t, width: w, gh: gh, gw: gw,
                        method: method, gaussianStd: gaussianStd)
-        let emb = tokenEmbeddings(hidden: x, batch: n, tokens: t)  // [N, T, P]
+        let emb = tokenEmbeddings(hidden: x, batch: n, tokens: t, threads: threads)  // [N, T, P]
         let out = Buffer(n * (t - 1) * p)
         for b in 0..<n {
             for j in 1..<t {

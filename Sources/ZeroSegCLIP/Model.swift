@@ -250,7 +250,9 @@ public final class CLIPModel: @unchecked Sendable {
 
     /// Projected embeddings of every token (class token first, then patches row by row):
     /// visual_projection(post_layernorm(hidden)) → [N, 1 + gh·gw, P], not normalised.
-    public func tokenEmbeddings(hidden x: Buffer, batch n: Int, tokens t: Int) -> Buffer {
+    public func tokenEmbeddings(hidden x: Buffer, batch n: Int, tokens t: Int, threads: Int = defaultThreads) -> Buffer {
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         let w = config.vision.hiddenSize, p = config.projectionDim
         let ln = Buffer(n * t * w)
         defer { withExtendedLifetime((x, ln)) {} }
