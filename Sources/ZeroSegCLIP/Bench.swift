@@ -1,4 +1,3 @@
-import CBLAS
 import ZeroSegCore
 import ZeroSegFormats
 import ZeroSegImaging
@@ -24,9 +23,10 @@ public enum Bench {
     }
 
     /// sgemm rate in FLOP/s on the shapes of a ViT-B/16 layer at 224 px (197 tokens: qkv, out, fc1,
-    /// fc2), best of `repeats`, with the BLAS thread count set to `threads`.
+    /// fc2), best of `repeats`, split over `threads` as the encoders split them (`linear`).
     public static func sgemmRate(threads: Int, width: Int = 768, inner: Int = 3072, tokens: Int = 197, repeats: Int = 20) -> Double {
-        setBLASThreads(threads)
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         let shapes = [(tokens, 3 * width, width), (tokens, width, width), (tokens, inner, width), (tokens, width, inner)]
         let maxA = shapes.map { $0.0 * $0.2 }.max()!, maxB = shapes.map { $0.1 * $0.2 }.max()!, maxC = shapes.map { $0.0 * $0.1 }.max()!
         let a = Buffer(Synth.values(name: "a", seed: 1, count: maxA, amplitude: 1))
@@ -35,10 +35,7 @@ public enum Bench {
         var flops = 0.0
         for (m, n, k) in shapes { flops += 2 * Double(m * n * k) }
         func once() {
-            for (m, n, k) in shapes {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1,
-                            a.ptr, Int32(k), b.ptr, Int32(k), 0, c.ptr, Int32(n))
-            }
+            for (m, n, k) in shapes { linear(a.ptr, b.ptr, nil, c.ptr, m: m, n: n, k: k) }
         }
         once()
         var best = Double.infinity

@@ -27,13 +27,15 @@ extension CLIPModel {
     public func densePatchEmbeddings(pixels: ConstFloatPtr, batch n: Int, height: Int, width: Int,
                                      method: DenseMethod, gaussianStd: Float = 5,
                                      threads: Int = defaultThreads) throws -> (Buffer, gh: Int, gw: Int) {
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         let layers = visionModel.layers
         let (x, gh, gw) = try visionHidden(pixels: pixels, batch: n, height: height, width: width,
                                            layers: layers.count - 1, threads: threads)
         let w = config.vision.hiddenSize, t = gh * gw + 1, p = config.projectionDim
         denseLastLayer(layers[layers.count - 1], x.ptr, batch: n, tokens: t, width: w, gh: gh, gw: gw,
                        method: method, gaussianStd: gaussianStd)
-        let emb = tokenEmbeddings(hidden: x, batch: n, tokens: t)  // [N, T, P]
+        let emb = tokenEmbeddings(hidden: x, batch: n, tokens: t, threads: threads)  // [N, T, P]
         let out = Buffer(n * (t - 1) * p)
         for b in 0..<n {
             for j in 1..<t {
@@ -79,7 +81,7 @@ extension CLIPModel {
         case .sclip, .vanilla: project(0, 3)
         }
         let scale = 1 / Float(d).squareRoot()
-        // One (image, head) pair per task; the pairs are spread over the BLAS threads, each running
+        // One (image, head) pair per task; the pairs are spread over the thread budget, each running
         // its small products single-threaded.
         nonisolated(unsafe) let (qkvP, aP, omegaP) = (qkv.ptr, a.ptr, omega?.ptr)
         @Sendable func run(_ j0: Int, _ j1: Int) {
@@ -111,13 +113,11 @@ extension CLIPModel {
                 gemmNN(s1.ptr, lda: t, v, ldb: 3 * w, out + hd * d, ldc: w, m: t, n: d, k: t)
             }
         }
-        let threads = blasThreads(), tasks = b * heads, nt = min(threads, tasks)
+        let tasks = b * heads, nt = min(threadBudget, tasks)
         if nt <= 1 {
             run(0, tasks)
         } else {
-            setBLASThreads(1)
-            DispatchQueue.concurrentPerform(iterations: nt) { i in run(tasks * i / nt, tasks * (i + 1) / nt) }
-            setBLASThreads(threads)
+            parallelFor(nt) { i in run(tasks * i / nt, tasks * (i + 1) / nt) }
         }
         if method.keepsResidualAndMLP {
             l.selfAttn.outProj(a.ptr, x, rows: rows, accumulate: true)  // x += out_proj(A v)

@@ -19,7 +19,8 @@ public enum VocabularySource: Sendable, Equatable {
 }
 
 /// A CLIP model loaded from a Hugging Face layout directory. Immutable after loading, so one value
-/// can be shared by several threads.
+/// can be shared by several threads: each call computes with its own `threads` (see Threads.swift
+/// in ZeroSegCore); concurrent calls give the same bits as serial ones.
 public final class CLIPModel: @unchecked Sendable {
     public let config: CLIPConfig
     public let preprocessor: PreprocessorConfig
@@ -130,7 +131,8 @@ public final class CLIPModel: @unchecked Sendable {
     /// text transformer is causal, so both are exact).
     public func encodeTokens(_ ids: [[Int32]], normalize: Bool = true, threads: Int = defaultThreads,
                              record: StageRecorder? = nil) throws -> [[Float]] {
-        setBLASThreads(threads)
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         let c = config.text, w = c.hiddenSize, p = config.projectionDim
         for seq in ids {
             guard !seq.isEmpty, seq.count <= c.maxPositionEmbeddings else {
@@ -193,7 +195,8 @@ public final class CLIPModel: @unchecked Sendable {
     /// Returns x: [N, 1 + gh·gw, W] after `layers` encoder layers (default all), before post-LN.
     public func visionHidden(pixels: ConstFloatPtr, batch n: Int, height: Int, width: Int, layers: Int? = nil,
                              threads: Int = defaultThreads, record: StageRecorder? = nil, prefix: String = "vision") throws -> (Buffer, gh: Int, gw: Int) {
-        setBLASThreads(threads)
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         let c = config.vision, w = c.hiddenSize, p = c.patchSize
         let gh = height / p, gw = width / p
         guard gh > 0, gw > 0 else { throw ZeroSegError("image of \(width)x\(height) is smaller than one \(p)x\(p) patch") }
@@ -258,6 +261,8 @@ public final class CLIPModel: @unchecked Sendable {
     /// Projected image embeddings [N][P] from preprocessed pixels [N, 3, H, W].
     public func encodePixels(_ pixels: ConstFloatPtr, batch n: Int, height: Int, width: Int, normalize: Bool = true,
                              threads: Int = defaultThreads, record: StageRecorder? = nil) throws -> [[Float]] {
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         let c = config.vision, w = c.hiddenSize, p = config.projectionDim
         let pooled = Buffer(n * w), emb = Buffer(n * p)
         if let record {
@@ -291,7 +296,9 @@ public final class CLIPModel: @unchecked Sendable {
 
     /// Projected embeddings of every token (class token first, then patches row by row):
     /// visual_projection(post_layernorm(hidden)) → [N, 1 + gh·gw, P], not normalised.
-    public func tokenEmbeddings(hidden x: Buffer, batch n: Int, tokens t: Int) -> Buffer {
+    public func tokenEmbeddings(hidden x: Buffer, batch n: Int, tokens t: Int, threads: Int = defaultThreads) -> Buffer {
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         let w = config.vision.hiddenSize, p = config.projectionDim
         let ln = Buffer(n * t * w)
         defer { withExtendedLifetime((x, ln)) {} }
@@ -303,6 +310,8 @@ public final class CLIPModel: @unchecked Sendable {
 
     /// Embeddings of images, preprocessed as CLIPImageProcessor does with this model's settings.
     public func encodeImages(_ images: [RGBImage], normalize: Bool = true, threads: Int = defaultThreads) throws -> [[Float]] {
+        let budget = enterThreads(threads)  // also for the preprocessor's resize
+        defer { budget.leave() }
         let pre = CLIPPreprocessor(size: preprocessor.shortestEdge, cropSize: preprocessor.cropSize,
                                    mean: preprocessor.mean, std: preprocessor.std)
         let s = preprocessor.cropSize
@@ -320,9 +329,6 @@ public final class CLIPModel: @unchecked Sendable {
     /// exp(logit_scale), the factor CLIP multiplies cosine similarities by.
     public var scale: Float { expf(logitScale) }
 }
-
-/// All cores, the default thread count.
-public let defaultThreads = ProcessInfo.processInfo.activeProcessorCount
 
 public func l2Normalize(_ v: inout [Float]) {
     var s: Float = 0

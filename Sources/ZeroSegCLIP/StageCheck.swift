@@ -74,7 +74,7 @@ public enum StageCheck {
                 try model.visionHidden(pixels: $0.baseAddress!, batch: n, height: h, width: w, threads: threads)
             }
             let t = gh * gw + 1
-            let pe = model.tokenEmbeddings(hidden: x, batch: n, tokens: t)
+            let pe = model.tokenEmbeddings(hidden: x, batch: n, tokens: t, threads: threads)
             record("vision.patch_embeds", [n, t, model.config.projectionDim], pe.ptr)
             withExtendedLifetime(pe) {}
         }
@@ -87,7 +87,7 @@ public enum StageCheck {
             }
             let t = gh * gw + 1
             record("interp.last_hidden_state", [n, t, model.config.vision.hiddenSize], x.ptr)
-            let pe = model.tokenEmbeddings(hidden: x, batch: n, tokens: t)
+            let pe = model.tokenEmbeddings(hidden: x, batch: n, tokens: t, threads: threads)
             record("interp.patch_embeds", [n, t, model.config.projectionDim], pe.ptr)
             withExtendedLifetime((x, pe)) {}
         }

@@ -17,57 +17,61 @@ public enum Activation: String, Sendable, Codable {
 public typealias FloatPtr = UnsafeMutablePointer<Float>
 public typealias ConstFloatPtr = UnsafePointer<Float>
 
-/// Sets OpenBLAS's thread count (OpenBLAS keeps it per process).
-public func setBLASThreads(_ n: Int) {
-    if openblas_get_num_threads() != Int32(n) { openblas_set_num_threads(Int32(n)) }
-}
-
-/// OpenBLAS's current thread count.
-public func blasThreads() -> Int { Int(openblas_get_num_threads()) }
-
 // MARK: - Matrix products
 
 /// out[M, N] = x[M, K] · w[N, K]ᵀ (+ bias[N]) — a Linear layer with PyTorch's [out, in] weight.
 /// `ldx`/`ldo` are row strides (default K and N).
-/// With several BLAS threads and enough work, the product is split over the threads, each running
-/// a single-threaded sgemm on a block of output columns (weight rows) when M < N, else of rows:
-/// each thread then packs the smaller operand whole and its part of the larger one. At the
-/// encoder's sizes this beats OpenBLAS's own threading, which synchronises its workers around the
-/// shared packed panel (docs/benchmarks.md, "split").
+/// With a thread budget (`withThreads`) and enough work, the product is split over the threads,
+/// each running a single-threaded sgemm on a block of output columns (weight rows) when M < N,
+/// else of rows: each thread then packs the smaller operand whole and its part of the larger one.
+/// At the encoder's sizes this beats OpenBLAS's own threading, which synchronises its workers
+/// around the shared packed panel (docs/benchmarks.md, "split").
 public func linear(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, _ out: FloatPtr,
                    m: Int, n: Int, k: Int, ldx: Int? = nil, ldo: Int? = nil, accumulate: Bool = false) {
     let ldx = ldx ?? k, ldo = ldo ?? n
-    let threads = elementThreads(), byColumns = m < n
-    let nt = min(threads, (byColumns ? n : m) / linearMinRowsPerThread)
-    if nt > 1 && m * n * k >= linearSplitMinWork {
+    let byColumns = m < n, len = byColumns ? n : m
+    let nt = splitParts(m: m, n: n, k: k)
+    if nt > 1 {
         nonisolated(unsafe) let (xp, wp, bp, op) = (x, w, bias, out)
-        setBLASThreads(1)
-        DispatchQueue.concurrentPerform(iterations: nt) { i in
-            // block edges at multiples of 16 (OpenBLAS's micro-kernel tiles)
-            let len = byColumns ? n : m
-            let e0 = (len * i / nt) & ~15, e1 = i == nt - 1 ? len : (len * (i + 1) / nt) & ~15
+        parallelFor(nt) { i in
+            let (e0, e1) = splitBlock(len, i, nt)
             if byColumns {
                 linearRows(xp, wp + e0 * k, bp.map { $0 + e0 }, op + e0, m: m, n: e1 - e0, k: k, ldx: ldx, ldo: ldo, accumulate: accumulate)
             } else {
                 linearRows(xp + e0 * ldx, wp, bp, op + e0 * ldo, m: e1 - e0, n: n, k: k, ldx: ldx, ldo: ldo, accumulate: accumulate)
             }
         }
-        setBLASThreads(threads)
         return
     }
     linearRows(x, w, bias, out, m: m, n: n, k: k, ldx: ldx, ldo: ldo, accumulate: accumulate)
 }
 
-/// Rows (or columns) per thread below which `linear` leaves the threading to OpenBLAS.
+/// Rows (or columns) per thread below which a product is not split further.
 let linearMinRowsPerThread = 32
-/// m·n·k below which `linear` does not split (the hand-off costs more than it saves).
+/// m·n·k below which a product is not split (the hand-off costs more than it saves).
 let linearSplitMinWork = 1 << 22
 
-/// `linear` on the calling thread's BLAS setting.
+/// Parts a product c[M, N] (inner size K) is split into: up to the thread budget, blocks of
+/// output rows (M >= N) or columns (M < N) of at least `linearMinRowsPerThread`; 1 when small.
+/// A function of the shape and the budget only.
+func splitParts(m: Int, n: Int, k: Int) -> Int {
+    let threads = threadBudget
+    guard threads > 1, m * n * k >= linearSplitMinWork else { return 1 }
+    return max(1, min(threads, max(m, n) / linearMinRowsPerThread))
+}
+
+/// Block `i` of `parts` over 0..<len, edges at multiples of 16 (OpenBLAS's micro-kernel tiles).
+@inline(__always)
+func splitBlock(_ len: Int, _ i: Int, _ parts: Int) -> (Int, Int) {
+    ((len * i / parts) & ~15, i == parts - 1 ? len : (len * (i + 1) / parts) & ~15)
+}
+
+/// `linear` in one single-threaded sgemm on the calling thread.
 @inline(__always)
 func linearRows(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, _ out: FloatPtr,
                 m: Int, n: Int, k: Int, ldx: Int, ldo: Int, accumulate: Bool) {
     guard m > 0, n > 0 else { return }
+    ensureSingleThreadedBLAS()
     var beta: Float = accumulate ? 1 : 0
     if let bias, !accumulate {
         for i in 0..<m { (out + i * ldo).update(from: bias, count: n) }
@@ -81,27 +85,53 @@ func linearRows(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ bias: ConstFloatPtr?, 
 }
 
 /// c[M, N] = alpha · a[M, K] · b[K, N] (+ beta · c) with explicit row strides.
-@inline(__always)
 package func gemmNN(_ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: FloatPtr, ldc: Int,
             m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
-                a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    gemm(transA: false, transB: false, a, lda: lda, b, ldb: ldb, c, ldc: ldc, m: m, n: n, k: k, alpha: alpha, beta: beta)
 }
 
 /// c[M, N] = alpha · a[M, K] · b[N, K]ᵀ (+ beta · c) with explicit row strides.
-@inline(__always)
 package func gemmNT(_ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: FloatPtr, ldc: Int,
             m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), alpha,
-                a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    gemm(transA: false, transB: true, a, lda: lda, b, ldb: ldb, c, ldc: ldc, m: m, n: n, k: k, alpha: alpha, beta: beta)
 }
 
 /// c[M, N] = alpha · a[K, M]ᵀ · b[K, N] (+ beta · c) with explicit row strides.
-@inline(__always)
 package func gemmTN(_ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: FloatPtr, ldc: Int,
             m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
-                a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    gemm(transA: true, transB: false, a, lda: lda, b, ldb: ldb, c, ldc: ldc, m: m, n: n, k: k, alpha: alpha, beta: beta)
+}
+
+/// c[M, N] = alpha · op(a) · op(b) (+ beta · c), split as `linear` is (`splitParts`): blocks of
+/// rows of c take the matching rows of op(a), blocks of columns the matching columns of op(b);
+/// each block is one single-threaded sgemm.
+func gemm(transA: Bool, transB: Bool, _ a: ConstFloatPtr, lda: Int, _ b: ConstFloatPtr, ldb: Int, _ c: FloatPtr, ldc: Int,
+          m: Int, n: Int, k: Int, alpha: Float, beta: Float) {
+    let nt = splitParts(m: m, n: n, k: k)
+    if nt > 1 {
+        let byColumns = m < n
+        nonisolated(unsafe) let (ap, bp, cp) = (a, b, c)
+        parallelFor(nt) { i in
+            let (e0, e1) = splitBlock(byColumns ? n : m, i, nt)
+            if byColumns {
+                sgemm1(transA, transB, ap, lda, transB ? bp + e0 * ldb : bp + e0, ldb, cp + e0, ldc, m, e1 - e0, k, alpha, beta)
+            } else {
+                sgemm1(transA, transB, transA ? ap + e0 : ap + e0 * lda, lda, bp, ldb, cp + e0 * ldc, ldc, e1 - e0, n, k, alpha, beta)
+            }
+        }
+        return
+    }
+    sgemm1(transA, transB, a, lda, b, ldb, c, ldc, m, n, k, alpha, beta)
+}
+
+/// One row-major cblas_sgemm on the calling thread (OpenBLAS single-threaded).
+@inline(__always)
+func sgemm1(_ transA: Bool, _ transB: Bool, _ a: ConstFloatPtr, _ lda: Int, _ b: ConstFloatPtr, _ ldb: Int, _ c: FloatPtr, _ ldc: Int,
+            _ m: Int, _ n: Int, _ k: Int, _ alpha: Float, _ beta: Float) {
+    guard m > 0, n > 0 else { return }
+    ensureSingleThreadedBLAS()
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
 
 // MARK: - Layer norm
@@ -136,7 +166,7 @@ package func layerNormRows(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: ConstFlo
 
 /// Softmax over each row of x[rows, n] (row stride `ld`), in place; only the first `valid(r)` entries
 /// of row r take part (the rest are set to 0), for causal attention. AVX2 (libmvec expf); large
-/// inputs are split over the BLAS thread count.
+/// inputs are split over the thread budget.
 public func softmaxRows(_ x: FloatPtr, rows: Int, n: Int, ld: Int? = nil, valid: ((Int) -> Int)? = nil) {
     let ld = ld ?? n
     nonisolated(unsafe) let xp = x
@@ -145,23 +175,18 @@ public func softmaxRows(_ x: FloatPtr, rows: Int, n: Int, ld: Int? = nil, valid:
     }
 }
 
-/// Runs body over [0, count) in contiguous chunks on up to `elementThreads()` threads when
+/// Runs body over [0, count) in contiguous chunks on up to `threadBudget` threads when
 /// `work` (elements touched) is large enough to pay for the hand-off.
 func parallelChunks(_ count: Int, work: Int, minWork: Int = 1 << 15, _ body: (Int, Int) -> Void) {
-    let nt = min(elementThreads(), count)
+    let nt = min(threadBudget, count)
     if nt <= 1 || work < minWork { body(0, count); return }
-    withoutActuallyEscaping(body) { b in
-        nonisolated(unsafe) let f = b
-        DispatchQueue.concurrentPerform(iterations: nt) { i in f(count * i / nt, count * (i + 1) / nt) }
-    }
+    parallelFor(nt) { i in body(count * i / nt, count * (i + 1) / nt) }
 }
 
-/// Threads for element-wise kernels: the BLAS thread count the caller set (`setBLASThreads`).
-func elementThreads() -> Int { max(1, Int(openblas_get_num_threads())) }
 
 // MARK: - Activations
 
-/// In-place activation over x[n] (AVX2, libmvec; split over the BLAS thread count when large).
+/// In-place activation over x[n] (AVX2, libmvec; split over the thread budget when large).
 public func activate(_ x: FloatPtr, count n: Int, _ act: Activation) {
     nonisolated(unsafe) let xp = x
     parallelChunks((n + 63) / 64, work: n * 8) { c0, c1 in
@@ -180,13 +205,13 @@ public func activate(_ x: FloatPtr, count n: Int, _ act: Activation) {
 /// Multi-head scaled dot-product attention for one sequence.
 /// qkv: [T, 3W] (q | k | v, heads contiguous inside each), out: [T, W], scores: scratch [T, T].
 /// With `causal`, token t attends to tokens 0...t.
-/// With several BLAS threads the heads are split over them, each head's small products running
-/// single-threaded (cheaper than waking the BLAS thread pool 2 x heads times).
+/// With a thread budget the heads are split over the threads, each head's small products running
+/// single-threaded.
 public func attention(qkv: ConstFloatPtr, out: FloatPtr, scores: FloatPtr, tokens t: Int, width w: Int,
                       heads: Int, causal: Bool) {
     let d = w / heads
     let scale = 1 / Float(d).squareRoot()
-    let threads = elementThreads(), nt = min(threads, heads)
+    let nt = min(threadBudget, heads)
     nonisolated(unsafe) let qkvP = qkv, outP = out, scoresP = scores
     @Sendable func run(_ h0: Int, _ h1: Int, _ s: FloatPtr) {
         for h in h0..<h1 {
@@ -202,15 +227,13 @@ public func attention(qkv: ConstFloatPtr, out: FloatPtr, scores: FloatPtr, token
         run(0, heads, scores)
         return
     }
-    setBLASThreads(1)
-    DispatchQueue.concurrentPerform(iterations: nt) { i in
+    parallelFor(nt) { i in
         let (h0, h1) = (heads * i / nt, heads * (i + 1) / nt)
         if i == 0 { run(h0, h1, scoresP); return }
         let s = FloatPtr.allocate(capacity: t * t)
         defer { s.deallocate() }
         run(h0, h1, s)
     }
-    setBLASThreads(threads)
 }
 
 // MARK: - Resampling

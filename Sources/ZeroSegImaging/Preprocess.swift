@@ -125,7 +125,7 @@ func pilResizeBicubic(_ src: [UInt8], width: Int, height: Int, outWidth: Int, ou
 
 /// Fast horizontal pass over RGB rows `rows` of src [*, width, 3] -> [rows.count, outW, 3],
 /// outW = coefficients' output size; tap positions are offset by -shift (src starts at column
-/// `shift` of the picture the coefficients were made for). Rows are split across threads.
+/// `shift` of the picture the coefficients were made for). Rows are split across the thread budget.
 private func pilPassHorizontal(_ src: [UInt8], width: Int, rows: Range<Int>,
                                coefficients ch: PILResampleCoefficients, shift: Int) -> [UInt8] {
     let outWidth = ch.bounds.count / 2
@@ -138,7 +138,7 @@ private func pilPassHorizontal(_ src: [UInt8], width: Int, rows: Range<Int>,
             ch.fixed.withUnsafeBufferPointer { k in
                 ch.bounds.withUnsafeBufferPointer { b in
                     let ptrs = UnsafeSendable((s.baseAddress!, t.baseAddress!, k.baseAddress!, b.baseAddress!))
-                    let chunks = max(1, min(n, 2 * ProcessInfo.processInfo.activeProcessorCount))
+                    let chunks = max(1, min(n, threadBudget))  // the caller's `withThreads` (1 outside one)
                     DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
                         let (sp, tp, kp, bp) = ptrs.value
                         for yy in (n * chunk / chunks)..<(n * (chunk + 1) / chunks) {

@@ -9,8 +9,9 @@ public protocol PromptHead: Sendable {
     func checkFits(_ model: CLIPModel) throws
     /// The logit scale that replaces `SegmentationOptions.logitScale`.
     var logitScale: Float { get }
-    /// Query embeddings [Q][P] for the set's names (templates and the text cache are not used).
-    func queries(_ set: ClassSet, model: CLIPModel) throws -> [[Float]]
-    /// Rewrites patch embeddings x: [rows, P] in place.
+    /// Query embeddings [Q][P] for the set's names (templates and the text cache are not used),
+    /// computed with `threads` threads.
+    func queries(_ set: ClassSet, model: CLIPModel, threads: Int) throws -> [[Float]]
+    /// Rewrites patch embeddings x: [rows, P] in place (with the caller's thread budget).
     func adaptPatchEmbeddings(_ x: FloatPtr, rows: Int)
 }

@@ -64,7 +64,8 @@ public struct SegmentationInternals: Sendable {
 }
 
 /// One-stage zero-shot segmentation: dense CLIP patch embeddings against class text embeddings,
-/// sliding windows, PAMR refinement (SCLIP / NACLIP protocol).
+/// sliding windows, PAMR refinement (SCLIP / NACLIP protocol). Immutable: one segmenter can be
+/// used from several threads at once; every call computes with `threads` threads.
 public final class Segmenter: @unchecked Sendable {
     public let model: CLIPModel
     public let options: SegmentationOptions
@@ -93,7 +94,7 @@ public final class Segmenter: @unchecked Sendable {
     /// averaged and re-normalised. With a cache, names already encoded are read from disk.
     /// With learned prompts: one CoOp prompt per name instead (templates and cache unused).
     public func queryEmbeddings(_ set: ClassSet, templates: [String], cache: TextEmbeddingCache? = nil) throws -> [[Float]] {
-        if let prompts { return try prompts.queries(set, model: model) }
+        if let prompts { return try prompts.queries(set, model: model, threads: threads) }
         let names = set.queries.map(\.name)
         var out = [[Float]?](repeating: nil, count: names.count)
         if let cache { for (i, n) in names.enumerated() { out[i] = cache.load(name: n, templates: templates) } }
@@ -147,6 +148,8 @@ public final class Segmenter: @unchecked Sendable {
     /// [C, H, W] array is built only when `wantScores` is set.
     public func segment(_ image: RGBImage, classes set: ClassSet, queries: [[Float]], wantScores: Bool = false,
                         queryChunk: Int = 8) throws -> SegmentationResult {
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         guard queries.count == set.queries.count else {
             throw ZeroSegError("\(queries.count) query embeddings for \(set.queries.count) class names")
         }
@@ -232,6 +235,8 @@ public final class Segmenter: @unchecked Sendable {
 
     /// Logits at the original size (averaged windows, then refined): everything before the softmax.
     public func logits(_ image: RGBImage, queries: [[Float]], keepRaw: Bool = true) throws -> SegmentationInternals {
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         var t: [String: Double] = [:]
         return try logits(image, queries: queries, keepRaw: keepRaw, timings: &t).0
     }
@@ -370,6 +375,8 @@ public final class Segmenter: @unchecked Sendable {
     /// The dense-feature grid of an image (the windows' patch embeddings, without learned prompts'
     /// adapter), for prompt tuning.
     public func featureGrid(_ image: RGBImage) throws -> FeatureGrid {
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         var t: [String: Double] = [:]
         let q = [[Float](repeating: 0, count: model.config.projectionDim)]
         return try windowLogits(image, queries: q, collectFeatures: true, applyPrompts: false, timings: &t).features!
@@ -378,6 +385,8 @@ public final class Segmenter: @unchecked Sendable {
     /// Logits [Q, H, W] at the original size (refined when PAMR is on) and the dense-feature grid
     /// of the same pass (for two-stage proposals and mask pooling).
     public func logitsAndFeatures(_ image: RGBImage, queries: [[Float]], timings: inout [String: Double]) throws -> ([Float], FeatureGrid) {
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         let win = try windowLogits(image, queries: queries, collectFeatures: true, timings: &timings)
         let (raw, refined) = originalSizeLogits(win, image: image, keepRaw: false, timings: &timings)
         return (refined ?? raw, win.features!)

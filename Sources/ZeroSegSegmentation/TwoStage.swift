@@ -107,6 +107,8 @@ public final class TwoStageSegmenter: @unchecked Sendable {
 
     func run(_ image: RGBImage, classes set: ClassSet, queries: [[Float]], masks given: [ProposalMask]?) throws
         -> (TwoStageInternals, [RegionScore], [String: Double]) {
+        let budget = enterThreads(segmenter.threads)
+        defer { budget.leave() }
         guard queries.count == set.queries.count else {
             throw ZeroSegError("\(queries.count) query embeddings for \(set.queries.count) class names")
         }

@@ -72,11 +72,11 @@ extension CLIPModel {
 
     /// Normalised class embeddings [names][P] from CoOp prompts with the learned context, and the
     /// tapes for backward.
-    func promptEmbeddings(_ names: [String], _ p: LearnedPrompts) throws -> [(embedding: [Float], tape: TextTape, prompt: CoOpPrompt)] {
+    func promptEmbeddings(_ names: [String], _ p: LearnedPrompts, threads: Int) throws -> [(embedding: [Float], tape: TextTape, prompt: CoOpPrompt)] {
         try names.map { name in
             let pr = try coopPrompt(name: name, contextLength: p.contextLength)
             let x0 = textInputs(pr, context: p.context)
-            let tape = textForward(inputs: x0, tokens: pr.tokens.count, pool: pr.pool)
+            let tape = textForward(inputs: x0, tokens: pr.tokens.count, pool: pr.pool, threads: threads)
             var e = tape.embedding
             l2Normalize(&e)
             return (e, tape, pr)
@@ -84,8 +84,8 @@ extension CLIPModel {
     }
 
     /// Query embeddings [Q][P] for a class set under learned prompts (one CoOp prompt per name).
-    public func promptQueries(_ set: ClassSet, prompts p: LearnedPrompts) throws -> [[Float]] {
-        try promptEmbeddings(set.queries.map(\.name), p).map(\.embedding)
+    public func promptQueries(_ set: ClassSet, prompts p: LearnedPrompts, threads: Int = defaultThreads) throws -> [[Float]] {
+        try promptEmbeddings(set.queries.map(\.name), p, threads: threads).map(\.embedding)
     }
 }
 
@@ -119,7 +119,9 @@ extension LearnedPrompts: PromptHead {
         }
     }
     public var logitScale: Float { scale }
-    public func queries(_ set: ClassSet, model: CLIPModel) throws -> [[Float]] { try model.promptQueries(set, prompts: self) }
+    public func queries(_ set: ClassSet, model: CLIPModel, threads: Int) throws -> [[Float]] {
+        try model.promptQueries(set, prompts: self, threads: threads)
+    }
     public func adaptPatchEmbeddings(_ x: FloatPtr, rows: Int) { ZeroSegTuning.adaptPatchEmbeddings(x, rows: rows, prompts: self) }
 }
 
@@ -152,11 +154,13 @@ public struct TuneGradients: Sendable {
 }
 
 /// Loss (mean cross-entropy over counted pixels of the whole batch) and its gradients (all zero
-/// when `gradients` is false: the forward pass only).
+/// when `gradients` is false: the forward pass only), computed with `threads` threads.
 public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, seenNames: [String],
-                                 batch: [TuneExample], gradients: Bool = true) throws -> TuneGradients {
+                                 batch: [TuneExample], gradients: Bool = true, threads: Int = defaultThreads) throws -> TuneGradients {
+    let budget = enterThreads(threads)
+    defer { budget.leave() }
     let d = p.dim, cs = seenNames.count, s = p.scale
-    let text = try model.promptEmbeddings(seenNames, p)
+    let text = try model.promptEmbeddings(seenNames, p, threads: threads)
     let t = text.flatMap(\.embedding)  // [Cs, P]
     var dT = [Float](repeating: 0, count: cs * d)
     var dA = [Float](repeating: 0, count: d * d), da = [Float](repeating: 0, count: d)
@@ -220,7 +224,7 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
     let wt = p.textWidth
     for (c, item) in text.enumerated() where gradients {
         let dE = l2NormalizeBackward(item.tape.embedding, grad: Array(dT[(c * d)..<((c + 1) * d)]))
-        let dX = model.textBackward(item.tape, gradEmbedding: dE)
+        let dX = model.textBackward(item.tape, gradEmbedding: dE, threads: threads)
         for (k, pos) in item.prompt.ctxRange.enumerated() {
             for j in 0..<wt { dCtx[k * wt + j] += dX[pos * wt + j] }
         }
@@ -309,9 +313,12 @@ public struct PromptOptimizer: Sendable {
 // MARK: - Prediction, training loop, files
 
 /// Seen-class labels [H, W] of one example under the prompts (argmax of the upsampled logits).
-public func tunePredict(model: CLIPModel, prompts p: LearnedPrompts, names: [String], example ex: TuneExample) throws -> [UInt8] {
+public func tunePredict(model: CLIPModel, prompts p: LearnedPrompts, names: [String], example ex: TuneExample,
+                        threads: Int = defaultThreads) throws -> [UInt8] {
+    let budget = enterThreads(threads)
+    defer { budget.leave() }
     let d = p.dim, cs = names.count, g = ex.features.height * ex.features.width
-    let t = try model.promptEmbeddings(names, p).flatMap(\.embedding)
+    let t = try model.promptEmbeddings(names, p, threads: threads).flatMap(\.embedding)
     let u = applyAdapter(ex.features.data, rows: g, p).u
     var z = [Float](repeating: 0, count: cs * g)
     gemmNT(t, lda: d, u, ldb: d, &z, ldc: g, m: cs, n: g, k: d, alpha: p.scale)
@@ -335,6 +342,9 @@ public struct TuneSettings: Sendable, Equatable {
     public var optimizer: TuneOptimizer = .adamw
     public var weightDecay: Float = 0.01
     public var seed: UInt64 = 0
+    /// Threads for the loss and gradients (not a learning setting: results are the same bits for
+    /// the same thread count).
+    public var threads = defaultThreads
     public init() {}
     public func validate() throws {
         func bad(_ parameter: String, _ message: String) -> ZeroSegError { .invalidArgument(message, parameter: parameter) }
@@ -342,6 +352,7 @@ public struct TuneSettings: Sendable, Equatable {
         guard lr > 0 && lr.isFinite else { throw bad("lr", "the learning rate must be positive") }
         guard batch >= 1 else { throw bad("batch", "the batch size must be at least 1") }
         guard weightDecay >= 0 else { throw bad("weightDecay", "the weight decay must not be negative") }
+        guard threads >= 1 else { throw bad("threads", "the thread count must be at least 1") }
     }
 }
 
@@ -388,7 +399,7 @@ public struct PromptTuner {
             var sum: Double = 0, pix = 0
             for s in 0..<stepsPerEpoch {
                 let batch = ord[(s * settings.batch)..<min(ord.count, (s + 1) * settings.batch)].map { examples[$0] }
-                let g = try tuneLossAndGradients(model: model, prompts: prompts, seenNames: names, batch: batch)
+                let g = try tuneLossAndGradients(model: model, prompts: prompts, seenNames: names, batch: batch, threads: settings.threads)
                 optimizer.apply(g, to: &prompts)
                 sum += Double(g.loss) * Double(g.pixels); pix += g.pixels
                 progress(epoch, s + 1, stepsPerEpoch, g.loss)

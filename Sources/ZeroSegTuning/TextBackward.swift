@@ -112,7 +112,8 @@ extension CLIPModel {
     /// what `textBackward` needs. `tape.embedding` = text_projection(final_layer_norm(x_L[pool])),
     /// [P], not normalised; equals `encodeTokens(normalize: false)` when x0 comes from token ids.
     public func textForward(inputs x0: [Float], tokens t: Int, pool: Int, threads: Int = defaultThreads) -> TextTape {
-        setBLASThreads(threads)
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         let c = config.text, w = c.hiddenSize, p = config.projectionDim
         precondition(t >= 1 && t <= c.maxPositionEmbeddings, "textForward: \(t) tokens (must be 1...\(c.maxPositionEmbeddings))")
         precondition(x0.count == t * w, "textForward: inputs have \(x0.count) values, expected \(t) x \(w)")
@@ -129,7 +130,8 @@ extension CLIPModel {
 
     /// dL/dx0: [T, W] given dL/d(tape.embedding): [P]. Rows after the pooled one get zeros (causal).
     public func textBackward(_ tape: TextTape, gradEmbedding: [Float], threads: Int = defaultThreads) -> [Float] {
-        setBLASThreads(threads)
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
         let c = config.text, w = c.hiddenSize, p = config.projectionDim, t = tape.tokens
         precondition(tape.model == fingerprint && tape.layers.count == textModel.layers.count,
                      "textBackward: the tape was recorded by another model")

@@ -246,8 +246,10 @@ public final class PromptTraining: @unchecked Sendable {
         let prompts = LearnedPrompts(context: c0.values, contextLength: c0.count, textWidth: model.config.text.hiddenSize,
                                      dim: model.config.projectionDim, logScale: logf(segmentation.options.logitScale))
         let names = dataset.names
-        var tuner = try PromptTuner(model: model, names: names, examples: examples, prompts: prompts, settings: options.training)
-        let first = try tuneLossAndGradients(model: model, prompts: prompts, seenNames: names, batch: examples, gradients: false).loss
+        var training = options.training
+        training.threads = threads  // the run's thread count drives the steps too
+        var tuner = try PromptTuner(model: model, names: names, examples: examples, prompts: prompts, settings: training)
+        let first = try tuneLossAndGradients(model: model, prompts: prompts, seenNames: names, batch: examples, gradients: false, threads: threads).loss
         if options.resume, FileManager.default.fileExists(atPath: checkpoint.path) {
             try PromptCheckpoint.restore(&tuner, from: checkpoint, model: model)
             resumed?(checkpoint, tuner.epoch)
@@ -264,7 +266,7 @@ public final class PromptTraining: @unchecked Sendable {
             return .stopped(epoch: s.epoch, of: options.training.epochs, checkpoint: checkpoint)
         }
         let tTrain = Date().timeIntervalSince(t1)
-        let final = try tuneLossAndGradients(model: model, prompts: tuner.prompts, seenNames: names, batch: examples, gradients: false).loss
+        let final = try tuneLossAndGradients(model: model, prompts: tuner.prompts, seenNames: names, batch: examples, gradients: false, threads: threads).loss
         let r = report(tuner, model: model, threads: threads, initialLoss: first, finalLoss: final,
                        timings: ["features": tFeatures, "training": tTrain, "total": Date().timeIntervalSince(t0)])
         try PromptFile(prompts: tuner.prompts, report: r).write(to: output)

@@ -93,7 +93,7 @@ struct Tune: ParsableCommand {
     func tuneOptions() -> TuneOptions {
         var o = TuneOptions()
         o.training.epochs = epochs; o.training.lr = lr; o.training.batch = batch; o.training.optimizer = optimizer
-        o.training.weightDecay = weightDecay; o.training.seed = seed
+        o.training.weightDecay = weightDecay; o.training.seed = seed; o.training.threads = options.threads
         o.contextLength = ctx; o.contextPhrase = ctxInit
         o.stopAfterEpochs = stopAfterEpochs; o.resume = resume; o.featureCache = !noFeatureCache; o.timings = !noTimings
         return o

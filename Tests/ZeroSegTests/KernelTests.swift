@@ -19,17 +19,16 @@ import ZeroSegTestSupport
     }
 
     /// Enough work for the split paths (single-threaded sgemm per thread on blocks of rows when
-    /// M >= N, of columns when M < N), with sizes that are not multiples of 16; the caller's BLAS
-    /// thread count is restored.
+    /// M >= N, of columns when M < N), with sizes that are not multiples of 16; the caller's thread
+    /// budget is restored.
     @Test(arguments: [(203, 150, 140), (97, 301, 150)])
     func linearSplitMatchesReference(_ shape: (Int, Int, Int)) {
         let (m, n, k) = shape
         let x = randomFloats(m * k, seed: 11), w = randomFloats(n * k, seed: 12), b = randomFloats(n, seed: 13)
-        for threads in [2, 3] {
-            setBLASThreads(threads)
+        for threads in [2, 3] { withThreads(threads) {
             var fast = [Float](repeating: 0, count: m * n), ref = fast
             linear(x, w, b, &fast, m: m, n: n, k: k)
-            #expect(blasThreads() == threads)
+            #expect(threadBudget == threads)
             linearReference(x, w, b, &ref, m: m, n: n, k: k)
             #expect(maxAbsDiff(fast, ref) < 1e-4)
             var acc = [Float](repeating: 1, count: m * n)
@@ -37,8 +36,7 @@ import ZeroSegTestSupport
             var refNoBias = ref
             linearReference(x, w, nil, &refNoBias, m: m, n: n, k: k)
             #expect(maxAbsDiff(acc, refNoBias.map { $0 + 1 }) < 1e-4)
-        }
-        setBLASThreads(2)
+        } }
     }
 
     @Test func layerNormMatchesReference() {
@@ -49,14 +47,11 @@ import ZeroSegTestSupport
         layerNormReference(x, w, b, &ref, rows: r, cols: c, eps: 1e-5)
         #expect(maxAbsDiff(fast, ref) < 1e-5)
         // enough rows for the threaded path: identical to one thread
-        setBLASThreads(2)
         let (rb, cb) = (301, 67)
         let xb = randomFloats(rb * cb, seed: 14).map { $0 * 3 + 2 }, wb = randomFloats(cb, seed: 15), bb = randomFloats(cb, seed: 16)
         var two = [Float](repeating: 0, count: rb * cb), one = two, refb = two
-        layerNorm(xb, wb, bb, &two, rows: rb, cols: cb, eps: 1e-5)
-        setBLASThreads(1)
-        layerNorm(xb, wb, bb, &one, rows: rb, cols: cb, eps: 1e-5)
-        setBLASThreads(2)
+        withThreads(2) { layerNorm(xb, wb, bb, &two, rows: rb, cols: cb, eps: 1e-5) }
+        withThreads(1) { layerNorm(xb, wb, bb, &one, rows: rb, cols: cb, eps: 1e-5) }
         layerNormReference(xb, wb, bb, &refb, rows: rb, cols: cb, eps: 1e-5)
         #expect(two == one)
         #expect(maxAbsDiff(two, refb) < 1e-5)
@@ -72,11 +67,10 @@ import ZeroSegTestSupport
 
     /// Large inputs take the threaded path; `valid` masks a causal prefix (rest zero).
     @Test func softmaxLargeAndMaskedMatchesReference() {
-        setBLASThreads(2)
         let (rows, n) = (301, 203)
         let x = randomFloats(rows * n, seed: 17).map { $0 * 30 }
         var fast = x
-        softmaxRows(&fast, rows: rows, n: n, valid: { $0 % n + 1 })
+        withThreads(2) { softmaxRows(&fast, rows: rows, n: n, valid: { $0 % n + 1 }) }
         var worst: Float = 0
         for r in 0..<rows {
             let m = r % n + 1
@@ -89,10 +83,9 @@ import ZeroSegTestSupport
 
     @Test(arguments: [Activation.quickGELU, .gelu, .geluTanh])
     func activationsLargeMatchReference(_ act: Activation) {
-        setBLASThreads(2)
         var x = randomFloats(100_003, seed: 18).map { $0 * 12 }
         let ref = x.map { activationReference($0, act) }
-        activate(&x, count: x.count, act)
+        withThreads(2) { activate(&x, count: x.count, act) }
         #expect(maxAbsDiff(x, ref) < 1e-5)
     }
 

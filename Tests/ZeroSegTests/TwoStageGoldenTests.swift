@@ -83,7 +83,12 @@ import ZeroSeg
         }
         #expect(counted > hw / 2)
         #expect(Double(agree) >= 0.999 * Double(counted), "\(name): labels agree on \(agree) of \(counted) pixels")
-        // The whole call gives the same labels and, per class, the fused probabilities.
+        // The whole call gives the same labels and, per class, the fused probabilities. Bit-equal
+        // by construction: `segment` and `internals` run the same `run` with the same thread count,
+        // and every computation is split by (shape, thread count) alone, with OpenBLAS always
+        // single-threaded and no process-global setting that a concurrent test could change
+        // (Sources/ZeroSegCore/Threads.swift; this once failed 1 run in 3 when each call set
+        // OpenBLAS's process-wide thread count).
         let whole = try two.segment(image, classes: set, queries: queries, masks: masks, wantScores: true)
         #expect(whole.result.labels == out.labels)
         #expect(whole.result.scores! == Array(out.fused[0..<(set.classes.count * hw)]))
