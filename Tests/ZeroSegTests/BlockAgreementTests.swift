@@ -62,9 +62,10 @@ import ZeroSegTestSupport
         let (x0, gh, gw) = try Self.beforeLastLayer(n, height: 80, width: 64, seed: 11, threads: threads)
         let t = gh * gw + 1, last = m.visionModel.layers[m.visionModel.layers.count - 1]
         let full = Buffer(x0), scratch = Buffer(x0), pooled = Buffer(n * w)
-        setBLASThreads(threads)
-        last.forward(full.ptr, RaggedSequence.batch(n, tokens: t), causal: false)
-        last.forward(scratch.ptr, RaggedSequence.batch(n, tokens: t), causal: false, pooled: (.first, pooled.ptr))
+        withThreads(threads) {
+            last.forward(full.ptr, RaggedSequence.batch(n, tokens: t), causal: false)
+            last.forward(scratch.ptr, RaggedSequence.batch(n, tokens: t), causal: false, pooled: (.first, pooled.ptr))
+        }
         for b in 0..<n {
             let ref = Self.array(full.ptr + b * t * w, w), got = Self.array(pooled.ptr + b * w, w)
             let bound = 1e-6 * max(1, ref.map { abs($0) }.max()!)
@@ -149,7 +150,6 @@ import ZeroSegTestSupport
         let (x0, gh, gw) = try Self.beforeLastLayer(1, height: 80, width: 96, seed: 13)
         let t = gh * gw + 1, l = m.visionModel.layers[c.numHiddenLayers - 1], inter = l.fc1.outFeatures
         let fast = Buffer(x0)
-        setBLASThreads(1)
         m.denseLastLayer(l, fast.ptr, batch: 1, tokens: t, width: w, gh: gh, gw: gw, method: method, gaussianStd: 5)
 
         // h = LN1(x); q | k | v = h · Wqkvᵀ + b

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import ZeroSeg
+import ZeroSegTestSupport
 
 // Thread safety and determinism (see Sources/ZeroSegCore/Threads.swift): one model and one
 // segmenter used from several OS threads at once give the same bits as serial use, whatever the
