@@ -61,6 +61,7 @@ struct BenchCommand: ParsableCommand {
         print(String(format: "sgemm (ViT-B/16 layer shapes, %d threads): %.1f GFLOP/s", t, rate / 1e9)
               + ", OpenBLAS kernels \(BLASKernels.coreName)"
               + (ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"].map { " (instead of \($0): set OPENBLAS_CORETYPE to choose)" } ?? ""))
+        print("element-wise kernels: \(KernelLevel.active.rawValue) (best for this CPU: \(KernelLevel.best.rawValue); ZEROSEG_KERNELS to choose)")
         print("model: \(model.source)\(model.isSynthetic ? " (synthetic)" : "")")
 
         // Image encoder at the model's size.
@@ -152,6 +153,7 @@ struct BenchCommand: ParsableCommand {
             let obj: [String: Any] = ["sgemm_gflops": rate / 1e9, "threads": t, "model": model.source, "synthetic": model.isSynthetic,
                                       "cases": rows, "peak_rss_bytes": rss, "zeroseg": ZeroSeg.version,
                                       "openblas_kernels": BLASKernels.coreName,
+                                      "kernels": KernelLevel.active.rawValue,
                                       "openblas_kernels_replaced": ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"] ?? NSNull()]
             let d = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
             try writeAtomically(d, to: URL(fileURLWithPath: json))
