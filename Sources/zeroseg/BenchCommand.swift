@@ -172,6 +172,6 @@ struct BenchCommand: ParsableCommand {
                 px[i] = max(0, min(255, base.0 + n)); px[i + 1] = max(0, min(255, base.1 + n)); px[i + 2] = max(0, min(255, base.2 + n))
             }
         }
-        return RGBImage(width: w, height: h, pixels: px)
+        return RGBImage(unchecked: w, height: h, pixels: px)
     }
 }

@@ -104,8 +104,8 @@ struct Eval: ParsableCommand {
         let tText = Date().timeIntervalSince(t1)
 
         // 3. Segment and count.
-        var matrix = ConfusionMatrix(numClasses: nc)
-        let palette = classPalette(count: nc)
+        var matrix = try ConfusionMatrix(numClasses: nc)
+        let palette = try classPalette(count: nc)
         let progress = Progress(total: pairs.count, quiet: quiet)
         let t2 = Date()
         for (i, p) in pairs.enumerated() {

@@ -66,7 +66,7 @@ struct Segment: ParsableCommand {
     /// are those of the plain loop; at most one image waits to be written.
     func segmentFiles(_ files: [URL], model: CLIPModel, segmenter: Segmenter, set: ClassSet, queries: [[Float]],
                       textSeconds: Double, into outDir: URL, progress: Progress) throws -> Int {
-        let palette = classPalette(count: set.classes.count)
+        let palette = try classPalette(count: set.classes.count)
         let twoStage = seg.mode == .twoStage ? try TwoStageSegmenter(segmenter: segmenter, options: seg.twoStageOptions()) : nil
         let clearLine = progress.enabled  // an error line replaces the progress line, which is redrawn next
         let errors = ErrorLog { line in printErr((clearLine ? "\r\u{1B}[K" : "") + line) }
