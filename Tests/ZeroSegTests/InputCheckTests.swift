@@ -22,6 +22,13 @@ import ZeroSeg
         #expect(try classPalette(count: 254).count == 254)
     }
 
+    @Test func safetensorsWriteShapeThrows() throws {
+        let url = temporaryDirectory().appendingPathComponent("bad.safetensors")
+        #expect(throws: ZeroSegError.self) { try SafetensorsFile.write([("x", [2, 2], [1, 2, 3])], to: url) }
+        #expect(throws: ZeroSegError.self) { try SafetensorsFile.write([("x", [-1, -3], [1, 2, 3])], to: url) }
+        #expect(!FileManager.default.fileExists(atPath: url.path))
+    }
+
     @Test func tokenizerContextLengthThrows() throws {
         let m = TextBackwardTests.tiny
         #expect(throws: ZeroSegError.self) { try m.tokenizer.tokenize("a cat", contextLength: 0) }
