@@ -30,10 +30,10 @@ let package = Package(
             dependencies: ["CJPEG", "CPNG"],
             linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16")]
         ),
-        // AVX2 element-wise kernels over glibc's libmvec (vector expf/erff/tanhf)
+        // Element-wise kernels: portable C, and AVX2+FMA / AVX-512 over glibc's libmvec (vector
+        // expf/erff/tanhf) chosen at run time by the CPU (per-function target attributes, no -m flags)
         .target(
             name: "CKernels",
-            cSettings: [.unsafeFlags(["-O3", "-mavx2", "-mfma"])],
             linkerSettings: [.linkedLibrary("mvec"), .linkedLibrary("m")]
         ),
         // The library, bottom to top (ARCHITECTURE.md): each target sees only the ones below it.

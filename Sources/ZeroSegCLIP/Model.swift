@@ -116,7 +116,7 @@ public final class CLIPModel: @unchecked Sendable {
 
     /// Token ids for each text: start, BPE ids, end; truncated to the model's context length.
     public func tokenize(_ texts: [String]) -> [[Int32]] {
-        texts.map { tokenizer.tokenize($0, contextLength: config.text.maxPositionEmbeddings) }
+        texts.map { tokenizer.tokenize($0, positiveContextLength: config.text.maxPositionEmbeddings).ids }
     }
 
     /// Projected text embeddings [n][P] (L2-normalised unless `normalize` is false).
@@ -312,12 +312,12 @@ public final class CLIPModel: @unchecked Sendable {
     public func encodeImages(_ images: [RGBImage], normalize: Bool = true, threads: Int = defaultThreads) throws -> [[Float]] {
         let budget = enterThreads(threads)  // also for the preprocessor's resize
         defer { budget.leave() }
-        let pre = CLIPPreprocessor(size: preprocessor.shortestEdge, cropSize: preprocessor.cropSize,
+        let pre = try CLIPPreprocessor(size: preprocessor.shortestEdge, cropSize: preprocessor.cropSize,
                                    mean: preprocessor.mean, std: preprocessor.std)
         let s = preprocessor.cropSize
         var out: [[Float]] = []
         for img in images {
-            let px = pre(img)
+            let px = try pre(img)
             let e = try px.withUnsafeBufferPointer {
                 try encodePixels($0.baseAddress!, batch: 1, height: s, width: s, normalize: normalize, threads: threads)
             }

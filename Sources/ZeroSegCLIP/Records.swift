@@ -140,11 +140,14 @@ public struct BenchReport: Codable, Sendable, Equatable {
     public var cases: [Case]
     public var peakRSSBytes: Int
     public var openblasKernels: String
+    /// zeroseg's own element-wise kernels in use (`KernelLevel`: avx512, avx2, portable).
+    public var kernels: String
     /// The kernel set OpenBLAS chose before zeroseg replaced it (nil: not replaced).
     @Nullable public var openblasKernelsReplaced: String?
 
     public init(header: RecordHeader, settings: Settings, sgemmGflops: Double, cases: [Case], peakRSSBytes: Int,
-                openblasKernels: String, openblasKernelsReplaced: String?) {
+                openblasKernels: String, openblasKernelsReplaced: String?, kernels: String) {
+        self.kernels = kernels
         self.header = header; self.settings = settings; self.sgemmGflops = sgemmGflops; self.cases = cases
         self.peakRSSBytes = peakRSSBytes; self.openblasKernels = openblasKernels
         self.openblasKernelsReplaced = openblasKernelsReplaced
@@ -152,7 +155,7 @@ public struct BenchReport: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case settings, sgemmGflops = "sgemm_gflops", cases, peakRSSBytes = "peak_rss_bytes",
-             openblasKernels = "openblas_kernels", openblasKernelsReplaced = "openblas_kernels_replaced"
+             openblasKernels = "openblas_kernels", openblasKernelsReplaced = "openblas_kernels_replaced", kernels
     }
     public init(from decoder: any Decoder) throws {
         header = try RecordHeader(from: decoder)
@@ -162,6 +165,7 @@ public struct BenchReport: Codable, Sendable, Equatable {
         cases = try c.decode([Case].self, forKey: .cases)
         peakRSSBytes = try c.decode(Int.self, forKey: .peakRSSBytes)
         openblasKernels = try c.decode(String.self, forKey: .openblasKernels)
+        kernels = try c.decode(String.self, forKey: .kernels)
         _openblasKernelsReplaced = try c.decode(Nullable<String>.self, forKey: .openblasKernelsReplaced)
     }
     public func encode(to encoder: any Encoder) throws {
@@ -172,6 +176,7 @@ public struct BenchReport: Codable, Sendable, Equatable {
         try c.encode(cases, forKey: .cases)
         try c.encode(peakRSSBytes, forKey: .peakRSSBytes)
         try c.encode(openblasKernels, forKey: .openblasKernels)
+        try c.encode(kernels, forKey: .kernels)
         try c.encode(_openblasKernelsReplaced, forKey: .openblasKernelsReplaced)
     }
 }

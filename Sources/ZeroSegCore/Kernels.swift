@@ -165,8 +165,8 @@ package func layerNormRows(_ x: ConstFloatPtr, _ w: ConstFloatPtr, _ b: ConstFlo
 // MARK: - Softmax
 
 /// Softmax over each row of x[rows, n] (row stride `ld`), in place; only the first `valid(r)` entries
-/// of row r take part (the rest are set to 0), for causal attention. AVX2 (libmvec expf); large
-/// inputs are split over the thread budget.
+/// of row r take part (the rest are set to 0), for causal attention. Vector kernels (`KernelLevel`);
+/// large inputs are split over the thread budget.
 public func softmaxRows(_ x: FloatPtr, rows: Int, n: Int, ld: Int? = nil, valid: ((Int) -> Int)? = nil) {
     let ld = ld ?? n
     nonisolated(unsafe) let xp = x
@@ -186,7 +186,7 @@ func parallelChunks(_ count: Int, work: Int, minWork: Int = 1 << 15, _ body: (In
 
 // MARK: - Activations
 
-/// In-place activation over x[n] (AVX2, libmvec; split over the thread budget when large).
+/// In-place activation over x[n] (vector kernels, `KernelLevel`; split over the thread budget when large).
 public func activate(_ x: FloatPtr, count n: Int, _ act: Activation) {
     nonisolated(unsafe) let xp = x
     parallelChunks((n + 63) / 64, work: n * 8) { c0, c1 in

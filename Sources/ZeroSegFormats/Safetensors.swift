@@ -186,7 +186,9 @@ public final class SafetensorsFile: TensorSource, @unchecked Sendable {
         var header: [String: Any] = [:]
         var offset = 0
         for t in tensors {
-            precondition(t.shape.reduce(1, *) == t.data.count, "shape does not match data for \(t.name)")
+            guard t.shape.allSatisfy({ $0 >= 0 }) && t.shape.reduce(1, *) == t.data.count else {
+                throw ZeroSegError("safetensors write: shape \(t.shape) does not match the \(t.data.count) values of \(t.name)")
+            }
             header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + 4 * t.data.count]]
             offset += 4 * t.data.count
         }

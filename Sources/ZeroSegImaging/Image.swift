@@ -37,14 +37,22 @@ import ZeroSegCore
 ///   `MAX_IMAGE_PIXELS`, where Pillow raises `DecompressionBombError`) are refused from the
 ///   header alone, before any pixel memory is allocated.
 public struct RGBImage: Sendable, Equatable {
-    public var width: Int
-    public var height: Int
+    public private(set) var width: Int
+    public private(set) var height: Int
     /// Interleaved RGB, shape [height, width, 3].
-    public var pixels: [Float]
+    public private(set) var pixels: [Float]
 
-    public init(width: Int, height: Int, pixels: [Float]) {
-        precondition(width >= 0 && height >= 0 && pixels.count == width * height * 3,
-                     "RGBImage: pixels.count must be width * height * 3")
+    /// Throws unless width, height >= 0 and pixels.count == width * height * 3.
+    public init(width: Int, height: Int, pixels: [Float]) throws {
+        guard width >= 0 && height >= 0 && pixels.count == width * height * 3 else {
+            throw ZeroSegError("RGBImage: \(pixels.count) values for a \(width)x\(height) picture (width * height * 3 expected)")
+        }
+        self.init(unchecked: width, height: height, pixels: pixels)
+    }
+
+    /// For pictures built here, whose sizes hold by construction.
+    package init(unchecked width: Int, height: Int, pixels: [Float]) {
+        assert(width >= 0 && height >= 0 && pixels.count == width * height * 3)
         self.width = width
         self.height = height
         self.pixels = pixels
@@ -120,7 +128,7 @@ public struct RGBImage: Sendable, Equatable {
                 }
             }
         }
-        return RGBImage(width: ow, height: oh, pixels: out)
+        return RGBImage(unchecked: ow, height: oh, pixels: out)
     }
 }
 

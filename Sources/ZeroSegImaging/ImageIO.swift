@@ -69,7 +69,7 @@ func decodeJPEG(_ bytes: [UInt8], source: String, maxPixels: Int) throws -> Deco
         }
         // Reads to the EOI marker; a file that ends before it is refused, as Pillow refuses it.
         guard zs_jpeg_finish(j) == 0 else { throw failure() }
-        return DecodedImage(image: RGBImage(width: width, height: height, pixels: pixels), orientation: orientation)
+        return DecodedImage(image: RGBImage(unchecked: width, height: height, pixels: pixels), orientation: orientation)
     }
 }
 
@@ -254,7 +254,7 @@ func decodePNG(_ bytes: [UInt8], source: String, maxPixels: Int) throws -> Decod
             }
         }
         let orientation = pngOrientation(png, info)
-        return DecodedImage(image: RGBImage(width: width, height: height, pixels: pixels), orientation: orientation)
+        return DecodedImage(image: RGBImage(unchecked: width, height: height, pixels: pixels), orientation: orientation)
     }
 }
 

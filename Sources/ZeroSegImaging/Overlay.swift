@@ -441,5 +441,5 @@ public func renderOverlay(image: RGBImage, labels: [UInt8], classNames: [String]
     for line in layout.footer {
         fonts.footer.draw(line.text, on: &canvas, x: line.x, baseline: line.baseline, color: LegendInk.footer)
     }
-    return RGBImage(width: outW, height: outH, pixels: canvas.pixels)
+    return RGBImage(unchecked: outW, height: outH, pixels: canvas.pixels)
 }

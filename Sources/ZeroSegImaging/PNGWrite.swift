@@ -40,10 +40,11 @@ let distinctColours: [(UInt8, UInt8, UInt8)] = [
 ///   0.85 on co-prime periods, HSV -> RGB rounded. Every entry differs from every other and
 ///   from black (0, 0, 0), which PNGs and overlays keep for the background (label 255).
 ///
-/// `count` must be 0...254 (`maxPaletteClasses`).
-public func classPalette(count: Int) -> [(UInt8, UInt8, UInt8)] {
-    precondition((0...maxPaletteClasses).contains(count),
-                 "classPalette: count must be 0...\(maxPaletteClasses), not \(count)")
+/// `count` must be 0...254 (`maxPaletteClasses`); other counts throw.
+public func classPalette(count: Int) throws -> [(UInt8, UInt8, UInt8)] {
+    guard (0...maxPaletteClasses).contains(count) else {
+        throw ZeroSegError("classPalette: count must be 0...\(maxPaletteClasses), not \(count)")
+    }
     var out: [(UInt8, UInt8, UInt8)] = []
     out.reserveCapacity(count)
     for i in 0..<count {

@@ -224,11 +224,19 @@ func quantizeToUInt8(_ pixels: [Float]) -> [UInt8] {
 }
 
 /// Resize with Pillow's BICUBIC filter on the 8-bit picture (what transformers' PIL backend and
-/// OpenAI's CLIP do). Pixels are rounded and clamped to 0...255 first.
-public func resizeBicubicPIL(_ img: RGBImage, width: Int, height: Int) -> RGBImage {
+/// OpenAI's CLIP do). Pixels are rounded and clamped to 0...255 first. Throws for an empty
+/// picture or a size below 1.
+public func resizeBicubicPIL(_ img: RGBImage, width: Int, height: Int) throws -> RGBImage {
+    try checkResize("resizeBicubicPIL", img, width: width, height: height)
     let u8 = quantizeToUInt8(img.pixels)
     let out = pilResizeBicubic(u8, width: img.width, height: img.height, outWidth: width, outHeight: height)
-    return RGBImage(width: width, height: height, pixels: out.map { Float($0) })
+    return RGBImage(unchecked: width, height: height, pixels: out.map { Float($0) })
+}
+
+/// The resizes' input check: a non-empty picture to at least 1x1.
+private func checkResize(_ what: String, _ img: RGBImage, width: Int, height: Int) throws {
+    guard img.width > 0 && img.height > 0 else { throw ZeroSegError("\(what): empty \(img.width)x\(img.height) picture") }
+    guard width > 0 && height > 0 else { throw ZeroSegError("\(what): output size \(width)x\(height) (must be at least 1x1)") }
 }
 
 // MARK: - Bilinear resize on float pixels (torch.nn.functional.interpolate)
@@ -262,15 +270,19 @@ func torchLinearAxis(inSize: Int, outSize: Int) -> (i0: [Int], i1: [Int], l0: [F
 /// `torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)`
 /// on an NCHW float32 tensor (no antialiasing: a plain 2x2 blend, as mmcv's imrescale-style
 /// resizing does it). Results agree with torch to float32 rounding.
-/// img [H, W, 3] -> [height, width, 3].
-public func resizeBilinear(_ img: RGBImage, width: Int, height: Int) -> RGBImage {
-    precondition(width > 0 && height > 0 && img.width > 0 && img.height > 0)
+/// img [H, W, 3] -> [height, width, 3]. Throws for an empty picture or a size below 1.
+public func resizeBilinear(_ img: RGBImage, width: Int, height: Int) throws -> RGBImage {
+    try checkResize("resizeBilinear", img, width: width, height: height)
     let ax = torchLinearAxis(inSize: img.width, outSize: width)
     let ay = torchLinearAxis(inSize: img.height, outSize: height)
     let inW = img.width
     var out = [Float](repeating: 0, count: width * height * 3)
+    // hot loop: unchecked via unsafe buffer pointers
     img.pixels.withUnsafeBufferPointer { s in
         out.withUnsafeMutableBufferPointer { o in
+        ax.i0.withUnsafeBufferPointer { ai0 in ax.i1.withUnsafeBufferPointer { ai1 in
+        ax.l0.withUnsafeBufferPointer { al0 in ax.l1.withUnsafeBufferPointer { al1 in
+            let ax = (i0: ai0, i1: ai1, l0: al0, l1: al1)
             let sp = s.baseAddress!, op = o.baseAddress!
             for y in 0..<height {
                 let r0 = sp + ay.i0[y] * inW * 3, r1 = sp + ay.i1[y] * inW * 3
@@ -286,9 +298,11 @@ public func resizeBilinear(_ img: RGBImage, width: Int, height: Int) -> RGBImage
                     }
                 }
             }
+        } }
+        } }
         }
     }
-    return RGBImage(width: width, height: height, pixels: out)
+    return RGBImage(unchecked: width, height: height, pixels: out)
 }
 
 // MARK: - CLIP preprocessing
@@ -307,9 +321,12 @@ public struct CLIPPreprocessor: Sendable {
     public var mean: [Float]
     public var std: [Float]
 
+    /// Throws unless size and cropSize are positive and mean and std have 3 values.
     public init(size: Int = 224, cropSize: Int = 224,
-                mean: [Float] = CLIPPreprocessor.openAIMean, std: [Float] = CLIPPreprocessor.openAIStd) {
-        precondition(size > 0 && cropSize > 0 && mean.count == 3 && std.count == 3)
+                mean: [Float] = CLIPPreprocessor.openAIMean, std: [Float] = CLIPPreprocessor.openAIStd) throws {
+        guard size > 0 && cropSize > 0 && mean.count == 3 && std.count == 3 else {
+            throw ZeroSegError("CLIPPreprocessor: size \(size) and crop \(cropSize) must be positive, mean and std 3 values each (\(mean.count), \(std.count))")
+        }
         self.size = size
         self.cropSize = cropSize
         self.mean = mean
@@ -324,9 +341,13 @@ public struct CLIPPreprocessor: Sendable {
         return width <= height ? (s, newLong) : (newLong, s)
     }
 
-    /// Resize + center crop + rescale + normalize: [3, cropSize, cropSize] f32 (CHW).
-    public func callAsFunction(_ img: RGBImage) -> [Float] {
-        precondition(img.width > 0 && img.height > 0, "CLIPPreprocessor: empty image")
+    /// Resize + center crop + rescale + normalize: [3, cropSize, cropSize] f32 (CHW). Throws for
+    /// an empty picture.
+    public func callAsFunction(_ img: RGBImage) throws -> [Float] {
+        guard img.width > 0 && img.height > 0 else { throw ZeroSegError("CLIPPreprocessor: empty \(img.width)x\(img.height) picture") }
+        guard size > 0 && cropSize > 0 && mean.count == 3 && std.count == 3 else {
+            throw ZeroSegError("CLIPPreprocessor: size \(size) and crop \(cropSize) must be positive, mean and std 3 values each (\(mean.count), \(std.count))")
+        }
         let (rw, rh) = Self.shortestEdgeSize(width: img.width, height: img.height, shortestEdge: size)
         let resized = pilResizeBicubic(quantizeToUInt8(img.pixels), width: img.width, height: img.height,
                                        outWidth: rw, outHeight: rh)

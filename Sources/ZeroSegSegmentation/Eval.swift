@@ -25,8 +25,9 @@ public struct ConfusionMatrix: Sendable, Equatable {
     public let numClasses: Int
     public private(set) var counts: [UInt64]
 
-    public init(numClasses: Int) {
-        precondition(numClasses >= 1 && numClasses <= 255, "ConfusionMatrix: 1...255 classes")
+    /// Throws unless numClasses is 1...255.
+    public init(numClasses: Int) throws {
+        guard numClasses >= 1 && numClasses <= 255 else { throw ZeroSegError("ConfusionMatrix: \(numClasses) classes (must be 1...255)") }
         self.numClasses = numClasses
         counts = [UInt64](repeating: 0, count: numClasses * (numClasses + 1))
     }
@@ -90,9 +91,11 @@ public struct ConfusionMatrix: Sendable, Equatable {
         }
     }
 
-    /// Adds another matrix's counts (same number of classes).
-    public mutating func merge(_ other: ConfusionMatrix) {
-        precondition(other.numClasses == numClasses, "ConfusionMatrix.merge: class counts differ")
+    /// Adds another matrix's counts (same number of classes, else it throws).
+    public mutating func merge(_ other: ConfusionMatrix) throws {
+        guard other.numClasses == numClasses else {
+            throw ZeroSegError("ConfusionMatrix.merge: \(other.numClasses) classes into \(numClasses)")
+        }
         for i in counts.indices { counts[i] += other.counts[i] }
     }
 
@@ -174,8 +177,11 @@ public struct EvalPairing: Sendable {
 public struct LabelMap: Sendable, Equatable {
     public let width: Int, height: Int
     public let values: [UInt8]
-    public init(width: Int, height: Int, values: [UInt8]) {
-        precondition(values.count == width * height, "LabelMap: values.count must be width * height")
+    /// Throws unless width, height >= 0 and values.count == width * height.
+    public init(width: Int, height: Int, values: [UInt8]) throws {
+        guard width >= 0 && height >= 0 && values.count == width * height else {
+            throw ZeroSegError("LabelMap: \(values.count) values for \(width)x\(height)")
+        }
         self.width = width; self.height = height; self.values = values
     }
 }
@@ -294,7 +300,7 @@ public enum Evaluation {
                 guard zs_png_read_image(p, &rows) == 0 else { throw failure() }
             }
             _ = zs_png_read_end(p)
-            return LabelMap(width: width, height: height, values: values)
+            return try LabelMap(width: width, height: height, values: values)
         }
     }
 }

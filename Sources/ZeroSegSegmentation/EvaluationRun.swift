@@ -102,8 +102,8 @@ public final class EvaluationRun: @unchecked Sendable {
                     progress: ((_ done: Int, _ total: Int, _ stem: String) -> Void)? = nil) throws -> EvalReport {
         let pipeline = try SegmentationPipeline(model: model, classes: classes, settings: segmentation, prompts: prompts,
                                                 threads: threads, cache: cache)
-        var matrix = ConfusionMatrix(numClasses: classes.classes.count)
-        let palette = classPalette(count: classes.classes.count)
+        var matrix = try ConfusionMatrix(numClasses: classes.classes.count)
+        let palette = try classPalette(count: classes.classes.count)
         let t0 = Date()
         for (i, p) in pairs.enumerated() {
             progress?(i, pairs.count, p.stem)

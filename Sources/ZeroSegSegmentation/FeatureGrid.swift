@@ -1,4 +1,5 @@
 import Foundation
+import ZeroSegCore
 
 /// Dense CLIP patch embeddings covering the whole picture: a gh x gw grid of dim-vectors.
 ///
@@ -11,10 +12,12 @@ public struct FeatureGrid: Sendable, Equatable {
     /// [gh*gw, dim], row gy*gw + gx, each row L2-normalised (all-zero rows stay zero).
     public let data: [Float]
 
-    /// The rows of `data` are L2-normalised here (in Double), whatever they were.
-    public init(height: Int, width: Int, dim: Int, data: [Float]) {
-        precondition(height >= 1 && width >= 1 && dim >= 1 && data.count == height * width * dim,
-                     "FeatureGrid: \(data.count) values for a \(height)x\(width) grid of \(dim)-vectors")
+    /// The rows of `data` are L2-normalised here (in Double), whatever they were. Throws unless
+    /// the sizes are positive and data.count == height * width * dim.
+    public init(height: Int, width: Int, dim: Int, data: [Float]) throws {
+        guard height >= 1 && width >= 1 && dim >= 1 && data.count == height * width * dim else {
+            throw ZeroSegError("FeatureGrid: \(data.count) values for a \(height)x\(width) grid of \(dim)-vectors")
+        }
         var d = data
         for r in 0..<(height * width) {
             var s = 0.0

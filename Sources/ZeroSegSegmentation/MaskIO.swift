@@ -75,7 +75,7 @@ func readMasks(from dir: URL, width: Int, height: Int) throws -> [ProposalMask] 
             let p = img.pixels[3 * i] != 0 || img.pixels[3 * i + 1] != 0 || img.pixels[3 * i + 2] != 0
             bits[i] = p ? 1 : 0
         }
-        return ProposalMask(width: width, height: height, bits: bits, source: "file:\(name)")
+        return try ProposalMask(width: width, height: height, bits: bits, source: "file:\(name)")
     }
 }
 

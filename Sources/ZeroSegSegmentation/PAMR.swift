@@ -41,36 +41,40 @@ public struct PAMR: Sendable {
     static func affinityRows(_ rows: Range<Int>, guide: UnsafePointer<Float>, _ h: Int, _ w: Int,
                              _ offs: [(Int, Int)], _ stdOffs: [(Int, Int)], _ aff: UnsafeMutablePointer<Float>) {
         let np = offs.count, hw = h * w, k = 3
-        var vals = [Float](repeating: 0, count: stdOffs.count)
-        var diff = [Float](repeating: 0, count: np)
-        for y in rows {
-            for x in 0..<w {
-                for p in 0..<np { diff[p] = 0 }
-                for c in 0..<k {
-                    let plane = c * hw
-                    for (i, (dy, dx)) in stdOffs.enumerated() {
-                        vals[i] = guide[plane + min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)]
+        // hot loop: unchecked via unsafe buffer pointers
+        let vals = UnsafeMutableBufferPointer<Float>.allocate(capacity: stdOffs.count)
+        let diff = UnsafeMutableBufferPointer<Float>.allocate(capacity: np)
+        defer { vals.deallocate(); diff.deallocate() }
+        offs.withUnsafeBufferPointer { offs in stdOffs.withUnsafeBufferPointer { stdOffs in
+            for y in rows {
+                for x in 0..<w {
+                    for p in 0..<np { diff[p] = 0 }
+                    for c in 0..<k {
+                        let plane = c * hw
+                        for (i, (dy, dx)) in stdOffs.enumerated() {
+                            vals[i] = guide[plane + min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)]
+                        }
+                        var mean: Float = 0
+                        for v in vals { mean += v }
+                        mean /= Float(vals.count)
+                        var ss: Float = 0
+                        for v in vals { ss += (v - mean) * (v - mean) }
+                        let std = (ss / Float(vals.count - 1)).squareRoot()
+                        let centre = guide[plane + y * w + x]
+                        let denom = 1e-8 + 0.1 * std
+                        for (p, (dy, dx)) in offs.enumerated() {
+                            let nb = guide[plane + min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)]
+                            diff[p] += -abs(centre - nb) / denom
+                        }
                     }
-                    var mean: Float = 0
-                    for v in vals { mean += v }
-                    mean /= Float(vals.count)
-                    var ss: Float = 0
-                    for v in vals { ss += (v - mean) * (v - mean) }
-                    let std = (ss / Float(vals.count - 1)).squareRoot()
-                    let centre = guide[plane + y * w + x]
-                    let denom = 1e-8 + 0.1 * std
-                    for (p, (dy, dx)) in offs.enumerated() {
-                        let nb = guide[plane + min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)]
-                        diff[p] += -abs(centre - nb) / denom
-                    }
+                    var mx = -Float.infinity
+                    for p in 0..<np { diff[p] /= Float(k); mx = max(mx, diff[p]) }
+                    var s: Float = 0
+                    for p in 0..<np { diff[p] = expf(diff[p] - mx); s += diff[p] }
+                    for p in 0..<np { aff[p * hw + y * w + x] = diff[p] / s }
                 }
-                var mx = -Float.infinity
-                for p in 0..<np { diff[p] /= Float(k); mx = max(mx, diff[p]) }
-                var s: Float = 0
-                for p in 0..<np { diff[p] = expf(diff[p] - mx); s += diff[p] }
-                for p in 0..<np { aff[p * hw + y * w + x] = diff[p] / s }
             }
-        }
+        } }
     }
 
     /// `iterations` rounds of mask ← Σ_p affinity_p · shift_p(mask) on masks [C, H, W]

@@ -66,7 +66,7 @@ public final class SegmentationPipeline: @unchecked Sendable {
         let t0 = Date()
         queries = try segmenter.queryEmbeddings(classes, templates: templates, cache: cache ?? TextEmbeddingCache(model: model))
         textSeconds = Date().timeIntervalSince(t0)
-        palette = classPalette(count: classes.classes.count)
+        palette = try classPalette(count: classes.classes.count)
     }
 
     // MARK: Before any work

@@ -56,10 +56,11 @@ public struct ProposalMask: Sendable, Equatable {
     /// "kmeans:k=4", "file:003.png".
     public let source: String
 
-    /// A mask from bits[H*W]: any non-zero value is inside (stored as 1).
-    public init(width: Int, height: Int, bits: [UInt8], source: String) {
-        precondition(width >= 0 && height >= 0 && bits.count == width * height,
-                     "ProposalMask: \(bits.count) bits for \(width)x\(height)")
+    /// A mask from bits[H*W]: any non-zero value is inside (stored as 1). Throws for another size.
+    public init(width: Int, height: Int, bits: [UInt8], source: String) throws {
+        guard width >= 0 && height >= 0 && bits.count == width * height else {
+            throw ZeroSegError("ProposalMask \(source): \(bits.count) bits for \(width)x\(height)")
+        }
         var b = bits
         var area = 0
         var x0 = width, y0 = height, x1 = 0, y1 = 0
@@ -97,10 +98,11 @@ public struct ProposalMask: Sendable, Equatable {
         self.source = source
     }
 
-    /// Pixels inside both masks (same size required).
-    public func intersectionArea(with other: ProposalMask) -> Int {
-        precondition(width == other.width && height == other.height,
-                     "ProposalMask: \(width)x\(height) and \(other.width)x\(other.height) masks")
+    /// Pixels inside both masks (same size required, else it throws).
+    public func intersectionArea(with other: ProposalMask) throws -> Int {
+        guard width == other.width && height == other.height else {
+            throw ZeroSegError("ProposalMask: intersecting \(width)x\(height) and \(other.width)x\(other.height) masks")
+        }
         let box = bbox.intersection(other.bbox)
         guard !box.isEmpty else { return 0 }
         var n = 0
@@ -116,8 +118,8 @@ public struct ProposalMask: Sendable, Equatable {
     }
 
     /// Intersection over union with a mask of the same size; 0 when both are empty.
-    public func iou(with other: ProposalMask) -> Double {
-        let inter = intersectionArea(with: other)
+    public func iou(with other: ProposalMask) throws -> Double {
+        let inter = try intersectionArea(with: other)
         let union = area + other.area - inter
         return union > 0 ? Double(inter) / Double(union) : 0
     }
@@ -171,7 +173,8 @@ public func finalize(_ masks: [ProposalMask], settings: ProposalSettings = Propo
             guard u.width == m.width, u.height == m.height else { return false }
             // IoU <= min(area) / max(area): skip the pixel count when that already rules it out.
             guard Double(min(u.area, m.area)) / Double(max(u.area, m.area)) > settings.dedupeIoU else { return false }
-            return u.iou(with: m) > settings.dedupeIoU
+            guard let iou = try? u.iou(with: m) else { return false }  // same size: does not throw
+            return iou > settings.dedupeIoU
         }
         if !duplicate { unique.append(m) }
     }
@@ -442,9 +445,11 @@ public struct KMeansResult: Sendable, Equatable {
 /// An emptied cluster is re-seeded with the point least similar to its own centroid. Stops when
 /// an iteration changes no assignment, or after `maxIterations`. Requires 1 <= k <= n.
 public func sphericalKMeans(_ points: [Float], count n: Int, dim: Int, k: Int, seed: UInt64 = 0,
-                            maxIterations: Int = 50) -> KMeansResult {
-    precondition(points.count == n * dim && dim >= 1, "sphericalKMeans: \(points.count) values for \(n) points of \(dim)")
-    precondition(k >= 1 && k <= n, "sphericalKMeans: k = \(k) for \(n) points")
+                            maxIterations: Int = 50) throws -> KMeansResult {
+    guard n >= 0 && dim >= 1 && points.count == n * dim else {
+        throw ZeroSegError("sphericalKMeans: \(points.count) values for \(n) points of \(dim)")
+    }
+    guard k >= 1 && k <= n else { throw ZeroSegError("sphericalKMeans: k = \(k) for \(n) points") }
     let x = normalisedRows(points, rows: n, dim: dim)
     var rng = SplitMix64(seed: seed ^ (UInt64(k) &* 0x9E37_79B9_7F4A_7C15))
 
@@ -454,11 +459,14 @@ public func sphericalKMeans(_ points: [Float], count n: Int, dim: Int, k: Int, s
     var best = [Float](repeating: -.infinity, count: n)  // max cosine to a chosen centre
     while chosen.count < k {
         let c = chosen[chosen.count - 1]
-        for i in 0..<n {
-            var s: Float = 0
-            for j in 0..<dim { s += x[i * dim + j] * x[c * dim + j] }
-            best[i] = max(best[i], s)
-        }
+        // hot loop: unchecked via unsafe buffer pointers
+        x.withUnsafeBufferPointer { x in best.withUnsafeMutableBufferPointer { best in
+            for i in 0..<n {
+                var s: Float = 0
+                for j in 0..<dim { s += x[i * dim + j] * x[c * dim + j] }
+                best[i] = max(best[i], s)
+            }
+        } }
         let weights = best.map { Double(max(0, 2 - 2 * $0)) }
         let total = weights.reduce(0, +)
         var pick = -1
@@ -500,11 +508,14 @@ public func sphericalKMeans(_ points: [Float], count n: Int, dim: Int, k: Int, s
         // Update: normalised sums; empty clusters re-seeded from the worst-fitting points.
         var sums = [Double](repeating: 0, count: k * dim)
         var sizes = [Int](repeating: 0, count: k)
-        for i in 0..<n {
-            let c = assignments[i]
-            sizes[c] += 1
-            for j in 0..<dim { sums[c * dim + j] += Double(x[i * dim + j]) }
-        }
+        // hot loop: unchecked via unsafe buffer pointers (assignments are 0..<k by construction)
+        x.withUnsafeBufferPointer { x in sums.withUnsafeMutableBufferPointer { sums in
+            for i in 0..<n {
+                let c = assignments[i]
+                sizes[c] += 1
+                for j in 0..<dim { sums[c * dim + j] += Double(x[i * dim + j]) }
+            }
+        } }
         var reseeded = false
         var taken = Set<Int>()
         for c in 0..<k {
@@ -583,7 +594,7 @@ public struct KMeansProposals: ProposalGenerator {
 
     public func propose(_ image: RGBImage, features: FeatureGrid?) throws -> [ProposalMask] {
         guard features != nil else { throw Self.needsFeatures }
-        let sp = snapToSuperpixels ? slicSuperpixels(image, parameters: superpixels) : nil
+        let sp = snapToSuperpixels ? try slicSuperpixels(image, parameters: superpixels) : nil
         return try propose(image, features: features, superpixels: sp)
     }
 
@@ -601,7 +612,7 @@ public struct KMeansProposals: ProposalGenerator {
         let minArea = minComponentArea ?? ProposalSettings.defaultMinArea(width: w, height: h)
         var out: [ProposalMask] = []
         for k in ks where k >= 1 && k <= cells {
-            let result = sphericalKMeans(grid.data, count: cells, dim: grid.dim, k: k, seed: seed, maxIterations: maxIterations)
+            let result = try sphericalKMeans(grid.data, count: cells, dim: grid.dim, k: k, seed: seed, maxIterations: maxIterations)
             var map = [Int32](repeating: 0, count: w * h)
             for y in 0..<h {
                 for x in 0..<w { map[y * w + x] = Int32(result.assignments[rows[y] * grid.width + cols[x]]) }
@@ -617,7 +628,7 @@ public struct KMeansProposals: ProposalGenerator {
                 }
                 for i in 0..<(w * h) { map[i] = winner[Int(sp.labels[i])] }
             }
-            let (pieces, count) = connectedComponents(map, width: w, height: h)
+            let (pieces, count) = try connectedComponents(map, width: w, height: h)
             var lists = [[Int]](repeating: [], count: count)
             for (i, p) in pieces.enumerated() { lists[Int(p)].append(i) }
             for list in lists where list.count >= minArea {
@@ -659,7 +670,7 @@ public func proposals(image: RGBImage, features: FeatureGrid?, source: ProposalS
     var km = kmeans
     km.minComponentArea = kmeans.minComponentArea ?? settings.resolvedMinArea(width: image.width, height: image.height)
     let needSLIC = source != .kmeans || km.snapToSuperpixels
-    let sp = needSLIC ? slicSuperpixels(image, parameters: source == .kmeans ? km.superpixels : slic.superpixels) : nil
+    let sp = needSLIC ? try slicSuperpixels(image, parameters: source == .kmeans ? km.superpixels : slic.superpixels) : nil
     var a: [ProposalMask] = [], b: [ProposalMask] = []
     if source != .kmeans, let sp { a = try slic.propose(image, features: features, superpixels: sp) }
     if source != .slic { b = try km.propose(image, features: features, superpixels: km.snapToSuperpixels ? sp : nil) }

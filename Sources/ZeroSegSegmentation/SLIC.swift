@@ -100,10 +100,12 @@ public struct Superpixels: Sendable, Equatable {
 
     /// Regions from any label map (values need not be contiguous nor connected): each
     /// 4-connected piece of equal values becomes one region; mean colours from `lab` ([3, H, W]).
-    public init(width: Int, height: Int, rawLabels: [Int32], lab: [Float]) {
-        precondition(rawLabels.count == width * height && lab.count == 3 * width * height,
-                     "Superpixels: label map or Lab planes of the wrong size")
-        let (labels, count) = connectedComponents(rawLabels, width: width, height: height)
+    /// Throws for a label map or Lab planes of another size.
+    public init(width: Int, height: Int, rawLabels: [Int32], lab: [Float]) throws {
+        guard width >= 0 && height >= 0 && rawLabels.count == width * height && lab.count == 3 * width * height else {
+            throw ZeroSegError("Superpixels: \(rawLabels.count) labels and \(lab.count) Lab values for \(width)x\(height)")
+        }
+        let (labels, count) = try connectedComponents(rawLabels, width: width, height: height)
         var areas = [Int](repeating: 0, count: count)
         var sums = [Double](repeating: 0, count: 3 * count)
         let n = width * height
@@ -161,9 +163,9 @@ public struct Superpixels: Sendable, Equatable {
 /// `segmentation[x + y * width]`. Its labels are seed-grid tile numbers: some are unused and
 /// one label may cover disconnected pieces, so they are renumbered into 4-connected regions
 /// (see `Superpixels`).
-public func slicSuperpixels(_ image: RGBImage, parameters: SLICParameters = SLICParameters()) -> Superpixels {
+public func slicSuperpixels(_ image: RGBImage, parameters: SLICParameters = SLICParameters()) throws -> Superpixels {
     let w = image.width, h = image.height
-    precondition(w >= 1 && h >= 1, "slicSuperpixels: empty image")
+    guard w >= 1 && h >= 1 else { throw ZeroSegError("slicSuperpixels: empty \(w)x\(h) picture") }
     let lab = labPlanes(image)
     let regionSize = parameters.resolvedRegionSize(width: w, height: h)
     let minRegion = parameters.resolvedMinRegionSize(width: w, height: h)
@@ -174,15 +176,18 @@ public func slicSuperpixels(_ image: RGBImage, parameters: SLICParameters = SLIC
                             parameters.compactness * parameters.compactness, vl_size(minRegion))
         }
     }
-    return Superpixels(width: w, height: h, rawLabels: seg.map { Int32(bitPattern: $0) }, lab: lab)
+    return try Superpixels(width: w, height: h, rawLabels: seg.map { Int32(bitPattern: $0) }, lab: lab)
 }
 
 // MARK: - Connected components
 
 /// 4-connected components of equal values in values[H*W]: labels [H*W] numbered 0..<count in
-/// the order of each component's first pixel (row-major scan).
-public func connectedComponents(_ values: [Int32], width: Int, height: Int) -> (labels: [Int32], count: Int) {
-    precondition(values.count == width * height, "connectedComponents: \(values.count) values for \(width)x\(height)")
+/// the order of each component's first pixel (row-major scan). Throws unless
+/// values.count == width * height.
+public func connectedComponents(_ values: [Int32], width: Int, height: Int) throws -> (labels: [Int32], count: Int) {
+    guard width >= 0 && height >= 0 && values.count == width * height else {
+        throw ZeroSegError("connectedComponents: \(values.count) values for \(width)x\(height)")
+    }
     var labels = [Int32](repeating: -1, count: values.count)
     var stack: [Int] = []
     var count: Int32 = 0

@@ -183,14 +183,19 @@ public final class Segmenter: @unchecked Sendable {
             }
             for k in 0..<n {
                 let o = owners[start + k]
+                // hot loop: unchecked via unsafe buffer pointers
                 part.withUnsafeBufferPointer { pp in
-                    let src = pp.baseAddress! + k * hw
-                    for px in 0..<hw {
-                        let v = src[px] * scale
-                        if v > best[px] { best[px] = v; owner[px] = UInt8(o) }
-                        if v > lseMax[px] { lseSum[px] = lseSum[px] * expf(lseMax[px] - v) + 1; lseMax[px] = v }
-                        else { lseSum[px] += expf(v - lseMax[px]) }
-                    }
+                    best.withUnsafeMutableBufferPointer { best in owner.withUnsafeMutableBufferPointer { owner in
+                    lseMax.withUnsafeMutableBufferPointer { lseMax in lseSum.withUnsafeMutableBufferPointer { lseSum in
+                        let src = pp.baseAddress! + k * hw
+                        for px in 0..<hw {
+                            let v = src[px] * scale
+                            if v > best[px] { best[px] = v; owner[px] = UInt8(o) }
+                            if v > lseMax[px] { lseSum[px] = lseSum[px] * expf(lseMax[px] - v) + 1; lseMax[px] = v }
+                            else { lseSum[px] += expf(v - lseMax[px]) }
+                        }
+                    } }
+                    } }
                 }
                 if o < nc, classMax != nil {
                     part.withUnsafeBufferPointer { pp in
@@ -207,14 +212,28 @@ public final class Segmenter: @unchecked Sendable {
         var labels = [UInt8](repeating: 255, count: hw)
         var area = [Double](repeating: 0, count: nc), sum = [Double](repeating: 0, count: nc)
         let thr = options.threshold
-        for px in 0..<hw {
-            let o = Int(owner[px])
-            let value = expf(best[px] - lseMax[px]) / lseSum[px]
-            if o < nc && value >= thr { labels[px] = UInt8(o); area[o] += 1; sum[o] += Double(value) }
+        // hot loop: unchecked via unsafe buffer pointers
+        owner.withUnsafeBufferPointer { owner in best.withUnsafeBufferPointer { best in
+        lseMax.withUnsafeBufferPointer { lseMax in lseSum.withUnsafeBufferPointer { lseSum in
+        labels.withUnsafeMutableBufferPointer { labels in
+        area.withUnsafeMutableBufferPointer { area in sum.withUnsafeMutableBufferPointer { sum in
+            for px in 0..<hw {
+                let o = Int(owner[px])
+                let value = expf(best[px] - lseMax[px]) / lseSum[px]
+                if o < nc && value >= thr { labels[px] = UInt8(o); area[o] += 1; sum[o] += Double(value) }
+            }
+        } }
         }
+        } }
+        } }
         var scores: [Float]? = nil
         if var cm = classMax {
-            for c in 0..<nc { for px in 0..<hw { cm[c * hw + px] = expf(cm[c * hw + px] - lseMax[px]) / lseSum[px] } }
+            // hot loop: unchecked via unsafe buffer pointers
+            cm.withUnsafeMutableBufferPointer { cm in
+                lseMax.withUnsafeBufferPointer { lseMax in lseSum.withUnsafeBufferPointer { lseSum in
+                    for c in 0..<nc { for px in 0..<hw { cm[c * hw + px] = expf(cm[c * hw + px] - lseMax[px]) / lseSum[px] } }
+                } }
+            }
             scores = cm
         }
         lap("scores")
@@ -262,8 +281,8 @@ public final class Segmenter: @unchecked Sendable {
         func lap(_ name: String) { clock.lap(name, into: &timings) }
         // Rescale (float bilinear) and normalise: [3, Hs, Ws].
         let (ws, hs) = Self.rescaledSize(width: image.width, height: image.height, shortSide: o.shortSide)
-        let resized = (ws == image.width && hs == image.height) ? image : resizeBilinear(image, width: ws, height: hs)
-        let pre = CLIPPreprocessor(size: model.preprocessor.shortestEdge, cropSize: model.preprocessor.cropSize,
+        let resized = (ws == image.width && hs == image.height) ? image : try resizeBilinear(image, width: ws, height: hs)
+        let pre = try CLIPPreprocessor(size: model.preprocessor.shortestEdge, cropSize: model.preprocessor.cropSize,
                                    mean: model.preprocessor.mean, std: model.preprocessor.std)
         let norm = pre.normalizeOnly(resized)
         guard hs >= p, ws >= p else {
@@ -339,7 +358,7 @@ public final class Segmenter: @unchecked Sendable {
             for (cell, n) in featCount.enumerated() where n > 1 {
                 for d in 0..<dim { featSum[cell * dim + d] /= Float(n) }
             }
-            result.features = FeatureGrid(height: fgh, width: fgw, dim: dim, data: featSum)
+            result.features = try FeatureGrid(height: fgh, width: fgw, dim: dim, data: featSum)
         }
         return result
     }
@@ -393,14 +412,15 @@ public final class Segmenter: @unchecked Sendable {
     }
 
     /// Scores and labels from logits [Q, H, W]: ×logit scale, softmax over queries, max over each
-    /// class's names, argmax; background or below-threshold pixels → 255.
-    public func finish(logits: [Float], width w: Int, height h: Int, set: ClassSet, wantScores: Bool)
+    /// class's names, argmax; background or below-threshold pixels → 255. Throws unless
+    /// logits.count == queries × w × h.
+    public func finish(logits: [Float], width w: Int, height h: Int, set: ClassSet, wantScores: Bool) throws
         -> (labels: [UInt8], scores: [Float]?, area: [Double], mean: [Double]) {
         let nc = set.classes.count, hasBg = !set.background.isEmpty, rows = nc + (hasBg ? 1 : 0)
         let hw = h * w
-        let p = classProbabilities(logits: logits, pixels: hw, owners: set.queries.map(\.owner), rows: rows, scale: options.logitScale)
-        let labels = labelPixels(p, rows: rows, pixels: hw, classes: nc, hasBackground: hasBg, threshold: options.threshold)
-        let (area, mean) = labelAreas(labels, probabilities: p, classes: nc, pixels: hw)
+        let p = try classProbabilities(logits: logits, pixels: hw, owners: set.queries.map(\.owner), rows: rows, scale: options.logitScale)
+        let labels = try labelPixels(p, rows: rows, pixels: hw, classes: nc, hasBackground: hasBg, threshold: options.threshold)
+        let (area, mean) = try labelAreas(labels, probabilities: p, classes: nc, pixels: hw)
         return (labels, wantScores ? Array(p[0..<(nc * hw)]) : nil, area, mean)
     }
 }
@@ -411,15 +431,20 @@ public func resizeBilinearCHW(_ x: ConstFloatPtr, channels: Int, height h: Int, 
                               _ out: FloatPtr, outHeight oh: Int, outWidth ow: Int) {
     let (x0, x1, lx0, lx1) = bilinearTaps(input: w, output: ow)
     let (y0s, y1s, ly0s, ly1s) = bilinearTaps(input: h, output: oh)
-    for oy in 0..<oh {
-        let (y0, y1, ly0, ly1) = (y0s[oy], y1s[oy], ly0s[oy], ly1s[oy])
-        for c in 0..<channels {
-            let r0 = x + (c * h + y0) * w, r1 = x + (c * h + y1) * w, o = out + (c * oh + oy) * ow
-            for ox in 0..<ow {
-                o[ox] = ly0 * (lx0[ox] * r0[x0[ox]] + lx1[ox] * r0[x1[ox]]) + ly1 * (lx0[ox] * r1[x0[ox]] + lx1[ox] * r1[x1[ox]])
+    // hot loop: unchecked via unsafe buffer pointers
+    x0.withUnsafeBufferPointer { x0 in x1.withUnsafeBufferPointer { x1 in
+    lx0.withUnsafeBufferPointer { lx0 in lx1.withUnsafeBufferPointer { lx1 in
+        for oy in 0..<oh {
+            let (y0, y1, ly0, ly1) = (y0s[oy], y1s[oy], ly0s[oy], ly1s[oy])
+            for c in 0..<channels {
+                let r0 = x + (c * h + y0) * w, r1 = x + (c * h + y1) * w, o = out + (c * oh + oy) * ow
+                for ox in 0..<ow {
+                    o[ox] = ly0 * (lx0[ox] * r0[x0[ox]] + lx1[ox] * r0[x1[ox]]) + ly1 * (lx0[ox] * r1[x0[ox]] + lx1[ox] * r1[x1[ox]])
+                }
             }
         }
-    }
+    } }
+    } }
 }
 
 /// Source taps of torch's bilinear resampling (align_corners=False) along one axis: for each output

@@ -93,7 +93,7 @@ public final class TwoStageSegmenter: @unchecked Sendable {
                         wantScores: Bool = false) throws -> TwoStageResult {
         let (internals, regions, timings) = try run(image, classes: set, queries: queries, masks: masks)
         let (h, w) = (image.height, image.width), hw = h * w, nc = set.classes.count
-        let (area, mean) = labelAreas(internals.labels, probabilities: internals.fused, classes: nc, pixels: hw)
+        let (area, mean) = try labelAreas(internals.labels, probabilities: internals.fused, classes: nc, pixels: hw)
         let scores: [Float]? = wantScores ? Array(internals.fused[0..<(nc * hw)]) : nil
         let result = SegmentationResult(width: w, height: h, labels: internals.labels, scores: scores,
                                         areaFraction: area, meanScore: mean, timings: timings)
@@ -119,7 +119,7 @@ public final class TwoStageSegmenter: @unchecked Sendable {
         func lap(_ name: String) { clock.lap(name, into: &timings) }
         let nc = set.classes.count, rows = nc + (set.background.isEmpty ? 0 : 1)
         let owners = set.queries.map(\.owner)
-        let p1 = classProbabilities(logits: logits, pixels: hw, owners: owners, rows: rows, scale: segmenter.options.logitScale)
+        let p1 = try classProbabilities(logits: logits, pixels: hw, owners: owners, rows: rows, scale: segmenter.options.logitScale)
         lap("scores")
         var masks: [ProposalMask]
         if let given {
@@ -136,7 +136,7 @@ public final class TwoStageSegmenter: @unchecked Sendable {
         var scale: Float
         switch options.regionFeatures {
         case .crop:
-            crops = regionCrops(image, masks: masks)
+            crops = try regionCrops(image, masks: masks)
             let s = model.preprocessor.cropSize
             var i = 0
             while i < masks.count {
@@ -156,7 +156,7 @@ public final class TwoStageSegmenter: @unchecked Sendable {
         }
         let pr = embeddings.map { regionProbabilities($0, queries: queries, owners: owners, rows: rows, scale: scale) }
         let (fused, owner) = Self.fuse(oneStage: p1, rows: rows, pixels: hw, masks: masks, regions: pr, lambda: options.fusionLambda)
-        let labels = labelPixels(fused, rows: rows, pixels: hw, classes: nc, hasBackground: !set.background.isEmpty,
+        let labels = try labelPixels(fused, rows: rows, pixels: hw, classes: nc, hasBackground: !set.background.isEmpty,
                                  threshold: segmenter.options.threshold)
         var ownedCount = [Int](repeating: 0, count: masks.count)
         for o in owner where o >= 0 { ownedCount[Int(o)] += 1 }
@@ -172,10 +172,14 @@ public final class TwoStageSegmenter: @unchecked Sendable {
     /// Normalised crops [M, 3, S, S] (S = the encoder's crop size): the mask box grown by
     /// `cropMargin` of its width / height on each side (rounded, clipped to the image), pixels
     /// outside the mask set to CLIP's mean colour, resized bilinearly (torch `interpolate`,
-    /// align_corners=False, no antialias) from the float image, then normalised.
-    public func regionCrops(_ image: RGBImage, masks: [ProposalMask]) -> [Float] {
+    /// align_corners=False, no antialias) from the float image, then normalised. Throws for a mask
+    /// of another size than the image.
+    public func regionCrops(_ image: RGBImage, masks: [ProposalMask]) throws -> [Float] {
         let s = model.preprocessor.cropSize, mean = model.preprocessor.mean, std = model.preprocessor.std
         let (h, w) = (image.height, image.width)
+        for m in masks where m.width != w || m.height != h {
+            throw ZeroSegError("regionCrops: a \(m.width)x\(m.height) mask (\(m.source)) for a \(w)x\(h) image")
+        }
         var out = [Float](repeating: 0, count: masks.count * 3 * s * s)
         for (mi, m) in masks.enumerated() {
             let b = m.bbox
@@ -183,14 +187,20 @@ public final class TwoStageSegmenter: @unchecked Sendable {
             let x0 = max(0, b.x0 - mx), x1 = min(w, b.x1 + mx), y0 = max(0, b.y0 - my), y1 = min(h, b.y1 + my)
             let cw = x1 - x0, ch = y1 - y0
             var crop = [Float](repeating: 0, count: 3 * ch * cw)  // [3, ch, cw], 0...255
-            for y in 0..<ch {
-                for x in 0..<cw {
-                    let px = (y0 + y) * w + x0 + x
-                    for c in 0..<3 {
-                        crop[(c * ch + y) * cw + x] = m.bits[px] != 0 ? image.pixels[px * 3 + c] : Float(mean[c]) * 255
+            let fill = (0..<3).map { Float(mean[$0]) * 255 }
+            // hot loop: unchecked via unsafe buffer pointers (masks are checked to be the image's size)
+            crop.withUnsafeMutableBufferPointer { crop in m.bits.withUnsafeBufferPointer { bits in
+                image.pixels.withUnsafeBufferPointer { pixels in fill.withUnsafeBufferPointer { fill in
+                    for y in 0..<ch {
+                        for x in 0..<cw {
+                            let px = (y0 + y) * w + x0 + x
+                            for c in 0..<3 {
+                                crop[(c * ch + y) * cw + x] = bits[px] != 0 ? pixels[px * 3 + c] : fill[c]
+                            }
+                        }
                     }
-                }
-            }
+                } }
+            } }
             out.withUnsafeMutableBufferPointer { o in
                 let dst = o.baseAddress! + mi * 3 * s * s
                 crop.withUnsafeBufferPointer { resizeBilinearCHW($0.baseAddress!, channels: 3, height: ch, width: cw, dst, outHeight: s, outWidth: s) }

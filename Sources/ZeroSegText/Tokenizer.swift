@@ -249,15 +249,21 @@ public final class Tokenizer: Sendable {
 
     /// `open_clip.tokenize(text, context_length)` for one text without the zero padding:
     /// [start] + encode(text) + [end], cut to `contextLength` with the end token kept last.
-    /// `contextLength` must be positive (open_clip asserts the same).
-    public func tokenize(_ text: String, contextLength: Int = Tokenizer.defaultContextLength) -> [Int32] {
-        tokenizeReportingTruncation(text, contextLength: contextLength).ids
+    /// `contextLength` must be positive (open_clip asserts the same); otherwise it throws.
+    public func tokenize(_ text: String, contextLength: Int = Tokenizer.defaultContextLength) throws -> [Int32] {
+        try tokenizeReportingTruncation(text, contextLength: contextLength).ids
     }
 
     /// Like `tokenize`, and says whether tokens were cut off so callers can warn about it.
     public func tokenizeReportingTruncation(_ text: String, contextLength: Int = Tokenizer.defaultContextLength)
-        -> (ids: [Int32], truncated: Bool) {
-        precondition(contextLength > 0, "context length must be positive")
+        throws -> (ids: [Int32], truncated: Bool) {
+        guard contextLength > 0 else { throw ZeroSegError("tokenize: context length \(contextLength) (must be positive)") }
+        return tokenize(text, positiveContextLength: contextLength)
+    }
+
+    /// `tokenizeReportingTruncation` for a context length known to be positive (a model's
+    /// validated `max_position_embeddings`).
+    package func tokenize(_ text: String, positiveContextLength contextLength: Int) -> (ids: [Int32], truncated: Bool) {
         var ids = [Tokenizer.startToken] + encode(text) + [Tokenizer.endToken]
         guard ids.count > contextLength else { return (ids, false) }
         ids.removeLast(ids.count - contextLength)

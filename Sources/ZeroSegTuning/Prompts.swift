@@ -75,8 +75,8 @@ extension CLIPModel {
     func promptEmbeddings(_ names: [String], _ p: LearnedPrompts, threads: Int) throws -> [(embedding: [Float], tape: TextTape, prompt: CoOpPrompt)] {
         try names.map { name in
             let pr = try coopPrompt(name: name, contextLength: p.contextLength)
-            let x0 = textInputs(pr, context: p.context)
-            let tape = textForward(inputs: x0, tokens: pr.tokens.count, pool: pr.pool, threads: threads)
+            let x0 = try textInputs(pr, context: p.context)
+            let tape = try textForward(inputs: x0, tokens: pr.tokens.count, pool: pr.pool, threads: threads)
             var e = tape.embedding
             l2Normalize(&e)
             return (e, tape, pr)
@@ -223,8 +223,8 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
     // Text: t_c = e_c / ‖e_c‖ → e → x0 → context rows
     let wt = p.textWidth
     for (c, item) in text.enumerated() where gradients {
-        let dE = l2NormalizeBackward(item.tape.embedding, grad: Array(dT[(c * d)..<((c + 1) * d)]))
-        let dX = model.textBackward(item.tape, gradEmbedding: dE, threads: threads)
+        let dE = try l2NormalizeBackward(item.tape.embedding, grad: Array(dT[(c * d)..<((c + 1) * d)]))
+        let dX = try model.textBackward(item.tape, gradEmbedding: dE, threads: threads)
         for (k, pos) in item.prompt.ctxRange.enumerated() {
             for j in 0..<wt { dCtx[k * wt + j] += dX[pos * wt + j] }
         }

@@ -30,11 +30,15 @@ public struct CoOpPrompt: Sendable, Equatable {
     /// transformers pool; for prompts from `coopPrompt`, the last token.
     public let pool: Int
 
-    public init(tokens: [Int32], ctxRange: Range<Int>, pool: Int) {
-        precondition(!tokens.isEmpty, "CoOpPrompt: no tokens")
-        precondition(ctxRange.lowerBound >= 0 && ctxRange.upperBound <= tokens.count,
-                     "CoOpPrompt: context range \(ctxRange) outside the \(tokens.count) tokens")
-        precondition(tokens.indices.contains(pool), "CoOpPrompt: pooled position \(pool) outside the \(tokens.count) tokens")
+    /// Throws for no tokens, or a context range or pooled position outside them.
+    public init(tokens: [Int32], ctxRange: Range<Int>, pool: Int) throws {
+        guard !tokens.isEmpty else { throw ZeroSegError("CoOpPrompt: no tokens") }
+        guard ctxRange.lowerBound >= 0 && ctxRange.upperBound <= tokens.count else {
+            throw ZeroSegError("CoOpPrompt: context range \(ctxRange) outside the \(tokens.count) tokens")
+        }
+        guard tokens.indices.contains(pool) else {
+            throw ZeroSegError("CoOpPrompt: pooled position \(pool) outside the \(tokens.count) tokens")
+        }
         self.tokens = tokens
         self.ctxRange = ctxRange
         self.pool = pool
@@ -60,31 +64,39 @@ public struct TextTape: Sendable {
 
 extension CLIPModel {
     /// The CoOp prompt for a class: `tokenize("X " × n + name + ".")`, whose positions 1...n hold the
-    /// id of "X" (one BPE token, as CoOp's "X X X X name."). Refuses (precondition) prompts longer
-    /// than the context length (77) rather than truncating the class name.
+    /// id of "X" (one BPE token, as CoOp's "X X X X name."). Refuses (throws) prompts longer
+    /// than the context length (77) rather than truncating the class name, a negative `n`, and a
+    /// vocabulary in which "X" is not one token.
     public func coopPrompt(name: String, contextLength n: Int) throws -> CoOpPrompt {
-        precondition(n >= 0, "coopPrompt: negative number of context vectors (\(n))")
+        guard n >= 0 else { throw ZeroSegError("coopPrompt: negative number of context vectors (\(n))") }
         let limit = config.text.maxPositionEmbeddings
         let x = tokenizer.encode("X")
-        precondition(x.count == 1, "coopPrompt: \"X\" is \(x.count) BPE tokens in this vocabulary, expected 1")
-        let (ids, truncated) = tokenizer.tokenizeReportingTruncation(String(repeating: "X ", count: n) + name + ".",
-                                                                       contextLength: limit)
+        guard x.count == 1 else { throw ZeroSegError("coopPrompt: \"X\" is \(x.count) BPE tokens in this vocabulary, expected 1") }
+        let (ids, truncated) = tokenizer.tokenize(String(repeating: "X ", count: n) + name + ".", positiveContextLength: limit)
         if truncated {
             throw ZeroSegError("the prompt for \"\(name)\" with \(n) context vectors is longer than the context length \(limit) tokens")
         }
-        precondition(ids.count >= n + 2 && ids[1..<(1 + n)].allSatisfy { $0 == x[0] },
-                     "coopPrompt: positions 1...\(n) of the prompt for \"\(name)\" are not the \"X\" placeholder (\(ids))")
+        guard ids.count >= n + 2 && ids[1..<(1 + n)].allSatisfy({ $0 == x[0] }) else {
+            throw ZeroSegError("coopPrompt: positions 1...\(n) of the prompt for \"\(name)\" are not the \"X\" placeholder (\(ids))")
+        }
         let pool = ids.firstIndex(of: Int32(config.text.eosTokenId)) ?? (ids.count - 1)
-        return CoOpPrompt(tokens: ids, ctxRange: 1..<(1 + n), pool: pool)
+        return try CoOpPrompt(tokens: ids, ctxRange: 1..<(1 + n), pool: pool)
     }
 
     /// x0: [T, W] = token embedding of each id (rows at `ctxRange` replaced by `context` [N, W]) +
-    /// position embeddings.
-    public func textInputs(_ p: CoOpPrompt, context: [Float]) -> [Float] {
+    /// position embeddings. Throws for a context of the wrong size, more tokens than positions, or
+    /// a token id outside the vocabulary.
+    public func textInputs(_ p: CoOpPrompt, context: [Float]) throws -> [Float] {
         let c = config.text, w = c.hiddenSize, t = p.tokens.count
-        precondition(context.count == p.ctxRange.count * w,
-                     "textInputs: context has \(context.count) values, expected \(p.ctxRange.count) x \(w)")
-        precondition(t <= c.maxPositionEmbeddings, "textInputs: \(t) tokens, more than the \(c.maxPositionEmbeddings) positions")
+        guard context.count == p.ctxRange.count * w else {
+            throw ZeroSegError("textInputs: context has \(context.count) values, expected \(p.ctxRange.count) x \(w)")
+        }
+        guard t <= c.maxPositionEmbeddings else {
+            throw ZeroSegError("textInputs: \(t) tokens, more than the \(c.maxPositionEmbeddings) positions")
+        }
+        for (ti, tok) in p.tokens.enumerated() where !p.ctxRange.contains(ti) && !(tok >= 0 && Int(tok) < c.vocabSize) {
+            throw ZeroSegError("textInputs: token id \(tok) is outside the vocabulary (\(c.vocabSize))")
+        }
         var x0 = [Float](repeating: 0, count: t * w)
         for (ti, tok) in p.tokens.enumerated() {
             let pe = textModel.positionEmbedding + ti * w
@@ -92,7 +104,6 @@ extension CLIPModel {
                 let r = (ti - p.ctxRange.lowerBound) * w
                 for i in 0..<w { x0[ti * w + i] = context[r + i] + pe[i] }
             } else {
-                precondition(tok >= 0 && Int(tok) < c.vocabSize, "textInputs: token id \(tok) is outside the vocabulary (\(c.vocabSize))")
                 let e = textModel.tokenEmbedding + Int(tok) * w
                 for i in 0..<w { x0[ti * w + i] = e[i] + pe[i] }
             }
@@ -102,22 +113,28 @@ extension CLIPModel {
 
     /// The rows of dL/dx0 [T, W] at the context positions: dL/dctx [N, W] through this prompt
     /// (the position embeddings are constant, the ctx rows enter x0 as they are).
-    public func contextGradient(_ p: CoOpPrompt, inputGradient: [Float]) -> [Float] {
+    public func contextGradient(_ p: CoOpPrompt, inputGradient: [Float]) throws -> [Float] {
         let w = config.text.hiddenSize
-        precondition(inputGradient.count == p.tokens.count * w, "contextGradient: expected [\(p.tokens.count), \(w)]")
+        guard inputGradient.count == p.tokens.count * w else {
+            throw ZeroSegError("contextGradient: \(inputGradient.count) values, expected [\(p.tokens.count), \(w)]")
+        }
         return Array(inputGradient[(p.ctxRange.lowerBound * w)..<(p.ctxRange.upperBound * w)])
     }
 
     /// The text encoder on one sequence of input embeddings x0: [T, W] (causal attention), recording
     /// what `textBackward` needs. `tape.embedding` = text_projection(final_layer_norm(x_L[pool])),
     /// [P], not normalised; equals `encodeTokens(normalize: false)` when x0 comes from token ids.
-    public func textForward(inputs x0: [Float], tokens t: Int, pool: Int, threads: Int = defaultThreads) -> TextTape {
+    /// Throws for a token count outside 1...max positions, inputs of the wrong size or a pooled
+    /// position outside the tokens.
+    public func textForward(inputs x0: [Float], tokens t: Int, pool: Int, threads: Int = defaultThreads) throws -> TextTape {
+        let c = config.text, w = c.hiddenSize, p = config.projectionDim
+        guard t >= 1 && t <= c.maxPositionEmbeddings else {
+            throw ZeroSegError("textForward: \(t) tokens (must be 1...\(c.maxPositionEmbeddings))")
+        }
+        guard x0.count == t * w else { throw ZeroSegError("textForward: inputs have \(x0.count) values, expected \(t) x \(w)") }
+        guard (0..<t).contains(pool) else { throw ZeroSegError("textForward: pooled position \(pool) outside the \(t) tokens") }
         let budget = enterThreads(threads)
         defer { budget.leave() }
-        let c = config.text, w = c.hiddenSize, p = config.projectionDim
-        precondition(t >= 1 && t <= c.maxPositionEmbeddings, "textForward: \(t) tokens (must be 1...\(c.maxPositionEmbeddings))")
-        precondition(x0.count == t * w, "textForward: inputs have \(x0.count) values, expected \(t) x \(w)")
-        precondition((0..<t).contains(pool), "textForward: pooled position \(pool) outside the \(t) tokens")
         let x = Buffer(x0)
         let layers = textModel.layers.map { $0.forwardRecording(x.ptr, RaggedSequence.batch(1, tokens: t), causal: true) }
         let fin = Buffer(Array(UnsafeBufferPointer(start: x.ptr + pool * w, count: w)))
@@ -129,13 +146,15 @@ extension CLIPModel {
     }
 
     /// dL/dx0: [T, W] given dL/d(tape.embedding): [P]. Rows after the pooled one get zeros (causal).
-    public func textBackward(_ tape: TextTape, gradEmbedding: [Float], threads: Int = defaultThreads) -> [Float] {
+    /// Throws for a tape of another model or a gradient of the wrong size.
+    public func textBackward(_ tape: TextTape, gradEmbedding: [Float], threads: Int = defaultThreads) throws -> [Float] {
         let budget = enterThreads(threads)
         defer { budget.leave() }
         let c = config.text, w = c.hiddenSize, p = config.projectionDim, t = tape.tokens
-        precondition(tape.model == fingerprint && tape.layers.count == textModel.layers.count,
-                     "textBackward: the tape was recorded by another model")
-        precondition(gradEmbedding.count == p, "textBackward: gradient has \(gradEmbedding.count) values, expected \(p)")
+        guard tape.model == fingerprint && tape.layers.count == textModel.layers.count else {
+            throw ZeroSegError("textBackward: the tape was recorded by another model")
+        }
+        guard gradEmbedding.count == p else { throw ZeroSegError("textBackward: gradient has \(gradEmbedding.count) values, expected \(p)") }
         let dx = Buffer(zeros: t * w)  // dL/d(residual stream), from the top down
         // e[P] = pooled[W] · Wpᵀ (Wp: [P, W])  →  dPooled[W] = dE[P] · Wp
         let dE = Buffer(gradEmbedding), dPooled = Buffer(w), fin = Buffer(tape.finalInput)
@@ -190,8 +209,8 @@ extension CLIPModel {
 
 /// d/de of e / ‖e‖ applied to `grad` (= dL/d(e/‖e‖)): (g − y (y·g)) / ‖e‖ with y = e/‖e‖.
 /// ‖e‖ is clamped at 1e-12 as `l2Normalize` does (below it the map is e · 1e12).
-public func l2NormalizeBackward(_ e: [Float], grad: [Float]) -> [Float] {
-    precondition(e.count == grad.count, "l2NormalizeBackward: \(e.count) vs \(grad.count) values")
+public func l2NormalizeBackward(_ e: [Float], grad: [Float]) throws -> [Float] {
+    guard e.count == grad.count else { throw ZeroSegError("l2NormalizeBackward: \(e.count) vs \(grad.count) values") }
     var s = 0.0
     for v in e { s += Double(v) * Double(v) }
     let norm = s.squareRoot()

@@ -58,6 +58,7 @@ struct BenchCommand: ParsableCommand {
               + ", OpenBLAS kernels \(BLASKernels.coreName)"
               + (ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"].map { " (instead of \($0): set OPENBLAS_CORETYPE to choose)" } ?? ""))
         print("model: \(model.source)\(model.isSynthetic ? " (synthetic)" : "")")
+        print("element-wise kernels: \(KernelLevel.active.rawValue) (best for this CPU: \(KernelLevel.best.rawValue); ZEROSEG_KERNELS to choose)")
 
         // Image encoder at the model's size.
         if selected.contains("image") {
@@ -81,7 +82,7 @@ struct BenchCommand: ParsableCommand {
 
         // Segmentation of a 480x360 image.
         if selected.contains("segment") {
-            let image = Self.benchImage(width: 480, height: 360)
+            let image = try Self.benchImage(width: 480, height: 360)
             let seg = try Segmenter(model: model, options: SegmentationOptions(), threads: t)
             let set = try ClassSet(classes: Self.camvid.map { [$0] })
             let (ws, hs) = Segmenter.rescaledSize(width: 480, height: 360, shortSide: 336)
@@ -125,7 +126,7 @@ struct BenchCommand: ParsableCommand {
             try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
             let files = try (0..<n).map { i -> URL in
                 let u = inDir.appendingPathComponent(String(format: "street%03d.png", i))
-                try writeRGBPNG(Self.benchImage(width: 480, height: 360, seed: UInt64(10 + i)), to: u)
+                try writeRGBPNG(try Self.benchImage(width: 480, height: 360, seed: UInt64(10 + i)), to: u)
                 return u
             }
             let pipeline = try SegmentationPipeline(model: model, classes: ClassSet(classes: Self.camvid.map { [$0] }),
@@ -147,13 +148,14 @@ struct BenchCommand: ParsableCommand {
                                      timings: Dictionary(rows.map { ($0.name, $0.seconds) }, uniquingKeysWith: { a, _ in a })),
                 settings: .init(threads: t, repeats: repeats, cases: selected.sorted(), folderImages: folderImages),
                 sgemmGflops: rate / 1e9, cases: rows, peakRSSBytes: rss, openblasKernels: BLASKernels.coreName,
-                openblasKernelsReplaced: ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"])
+                openblasKernelsReplaced: ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"],
+                kernels: KernelLevel.active.rawValue)
             try writeDataAtomically(JSONOutput.data(report), to: URL(fileURLWithPath: json), what: "JSON")
         }
     }
 
     /// A deterministic street-like picture (timing does not depend on content).
-    static func benchImage(width w: Int, height h: Int, seed: UInt64 = 4) -> RGBImage {
+    static func benchImage(width w: Int, height h: Int, seed: UInt64 = 4) throws -> RGBImage {
         var px = [Float](repeating: 0, count: w * h * 3)
         let noise = Synth.values(name: "bench-image", seed: seed, count: w * h, amplitude: 20)
         for y in 0..<h {
@@ -164,6 +166,6 @@ struct BenchCommand: ParsableCommand {
                 px[i] = max(0, min(255, base.0 + n)); px[i + 1] = max(0, min(255, base.1 + n)); px[i + 2] = max(0, min(255, base.2 + n))
             }
         }
-        return RGBImage(width: w, height: h, pixels: px)
+        return try RGBImage(width: w, height: h, pixels: px)
     }
 }

@@ -43,8 +43,8 @@ import ZeroSegTestSupport
                 hidden[name] = Self.array(data, shape.reduce(1, *))
             })[0]
             let pool = ids.firstIndex(of: Tokenizer.endToken)!
-            let prompt = CoOpPrompt(tokens: ids, ctxRange: 1..<1, pool: pool)
-            let tape = m.textForward(inputs: m.textInputs(prompt, context: []), tokens: ids.count, pool: pool, threads: threads)
+            let prompt = try CoOpPrompt(tokens: ids, ctxRange: 1..<1, pool: pool)
+            let tape = try m.textForward(inputs: try m.textInputs(prompt, context: []), tokens: ids.count, pool: pool, threads: threads)
             #expect(tape.layers.count == m.textModel.layers.count)
             for (i, layer) in tape.layers.enumerated() {
                 #expect(layer.input.array == hidden["text.hidden_states.\(i)"], "\(ids.count) tokens, input of layer \(i)")

@@ -42,7 +42,7 @@ final class ThreadResults<T>: @unchecked Sendable {
 @Suite struct ConcurrencyTests {
     static let model = SegmentationGoldenTests.tinyModel
     static let image = SegmentTests.image  // 75 x 50
-    static let image2: RGBImage = resizeBilinear(SegmentTests.image, width: 41, height: 37)
+    static let image2: RGBImage = try! resizeBilinear(SegmentTests.image, width: 41, height: 37)
     static let texts = ["a photo of a cat.", "a photo of a dog.", "grass", "a bright photo of a sofa.", "sky"]
     static let set = try! ClassSet.parse("cat,grass|lawn,wall,dog", background: "sky")
 

@@ -84,7 +84,7 @@ private func loadNPY(_ rel: String) throws -> (shape: [Int], values: [Float]) {
 private func loadReference(_ rel: String) throws -> RGBImage {
     if rel.hasSuffix(".png") { return try RGBImage.load(fixture(rel)) }
     let (shape, v) = try loadNPY(rel)
-    return RGBImage(width: shape[1], height: shape[0], pixels: v)
+    return try RGBImage(width: shape[1], height: shape[0], pixels: v)
 }
 
 private struct DiffStats: CustomStringConvertible {
@@ -155,7 +155,7 @@ private func diffStats(_ a: [Float], _ b: [Float]) -> DiffStats {
         #expect(o >= 5 ? (img.width == 24 && img.height == 40) : (img.width == 40 && img.height == 24), "orientation \(o): size")
     }
     // Spot checks of the geometry on a 3x2 picture (pixel value = 10 * index).
-    let p = RGBImage(width: 3, height: 2, pixels: (0..<6).flatMap { i in [Float(10 * i), 0, 0] })
+    let p = try RGBImage(width: 3, height: 2, pixels: (0..<6).flatMap { i in [Float(10 * i), 0, 0] })
     func reds(_ im: RGBImage) -> [Int] { stride(from: 0, to: im.pixels.count, by: 3).map { Int(im.pixels[$0]) / 10 } }
     // 0 1 2      orientation 6 (rotate 90 clockwise): 3 0      orientation 8: 2 5
     // 3 4 5                                          4 1                     1 4
@@ -272,7 +272,7 @@ private func pngHeader(width: UInt32, height: UInt32, withData: Bool) -> Data {
         // Input: Pillow's own decode of the input, so only the resize is compared.
         let decodedRef = m.decode.first { $0.input == c.input }!.reference
         let src = try loadReference(decodedRef)
-        let ours = resizeBicubicPIL(src, width: c.width, height: c.height)
+        let ours = try resizeBicubicPIL(src, width: c.width, height: c.height)
         let ref = try loadReference(c.reference)
         #expect(ours.width == ref.width && ours.height == ref.height)
         let d = diffStats(ours.pixels, ref.pixels)
@@ -306,7 +306,7 @@ private func pngHeader(width: UInt32, height: UInt32, withData: Bool) -> Data {
     var worst: Float = 0
     for c in m.bilinear {
         let src = try loadReference(m.decode.first { $0.input == c.input }!.reference)
-        let ours = resizeBilinear(src, width: c.width, height: c.height)
+        let ours = try resizeBilinear(src, width: c.width, height: c.height)
         let (shape, ref) = try loadNPY(c.reference)
         #expect(shape == [c.height, c.width, 3], "\(c.reference): shape \(shape); \(regenerate)")
         let d = diffStats(ours.pixels, ref)
@@ -316,7 +316,7 @@ private func pngHeader(width: UInt32, height: UInt32, withData: Bool) -> Data {
     print("image bilinear vs torch: worst max |diff| \(worst)")
     // Same size is the identity.
     let src = try loadReference(m.decode[0].reference)
-    #expect(resizeBilinear(src, width: src.width, height: src.height) == src)
+    #expect(try resizeBilinear(src, width: src.width, height: src.height) == src)
 }
 
 // MARK: - CLIP preprocessing
@@ -338,15 +338,15 @@ private func pngHeader(width: UInt32, height: UInt32, withData: Bool) -> Data {
     for c in m.clip {
         let (shape, ref) = try loadNPY(c.reference)
         #expect(shape == [3, c.crop, c.crop], "\(c.reference): shape \(shape); \(regenerate)")
-        let pre = CLIPPreprocessor(size: c.size, cropSize: c.crop)
+        let pre = try CLIPPreprocessor(size: c.size, cropSize: c.crop)
         // 1. From Pillow's decoded pixels: only the preprocessing is compared.
         let decodeCase = m.decode.first { $0.input == c.input }!
-        let same = diffStats(pre(try loadReference(decodeCase.reference)), ref)
+        let same = diffStats(try pre(try loadReference(decodeCase.reference)), ref)
         worstSame = max(worstSame, same.maxAbs)
         #expect(same.maxAbs <= 1e-5, "\(c.input) size \(c.size) crop \(c.crop): CLIP tensor vs transformers \(same); \(regenerate)")
         // 2. End to end from the file with our decoder: exact for PNG; for JPEG the decode tolerance
         //    (2 levels) can move a value by up to 2 / 255 / std ~ 0.03.
-        let e2e = diffStats(pre(try RGBImage.load(fixture(c.input))), ref)
+        let e2e = diffStats(try pre(try RGBImage.load(fixture(c.input))), ref)
         worstEndToEnd = max(worstEndToEnd, e2e.maxAbs)
         let allowed: Float = decodeCase.codec == "png" ? 1e-5 : 0.031
         #expect(e2e.maxAbs <= allowed, "\(c.input) size \(c.size) crop \(c.crop): end-to-end CLIP tensor vs transformers \(e2e); \(regenerate)")
@@ -354,9 +354,9 @@ private func pngHeader(width: UInt32, height: UInt32, withData: Bool) -> Data {
     print("image CLIP preprocess vs transformers \(m.versions["transformers"] ?? "?"): same pixels worst \(worstSame), end to end worst \(worstEndToEnd)")
 }
 
-@Test func imageNormalizeOnly() {
-    let pre = CLIPPreprocessor()
-    let img = RGBImage(width: 2, height: 1, pixels: [0, 128, 255, 12.5, 200, 3])
+@Test func imageNormalizeOnly() throws {
+    let pre = try CLIPPreprocessor()
+    let img = try RGBImage(width: 2, height: 1, pixels: [0, 128, 255, 12.5, 200, 3])
     let out = pre.normalizeOnly(img)
     #expect(out.count == 6)
     // CHW: channel 0 = [0, 12.5], channel 1 = [128, 200], channel 2 = [255, 3]
@@ -367,17 +367,17 @@ private func pngHeader(width: UInt32, height: UInt32, withData: Bool) -> Data {
     #expect(out == expected)
     // The table used after resizing gives the same values as normalizeOnly.
     let u8: [UInt8] = [0, 128, 255, 13, 200, 3]
-    #expect(pre.normalizeU8(u8, width: 2, height: 1) == pre.normalizeOnly(RGBImage(width: 2, height: 1, pixels: u8.map { Float($0) })))
+    #expect(try pre.normalizeU8(u8, width: 2, height: 1) == pre.normalizeOnly(RGBImage(width: 2, height: 1, pixels: u8.map { Float($0) })))
 }
 
-@Test func imagePreprocessLargePhotoIsFast() {
+@Test func imagePreprocessLargePhotoIsFast() throws {
     // 4000x3000 -> 298x224 -> 224x224. Timing is printed, not asserted (debug builds are slow).
     let w = 4000, h = 3000
     var px = [Float](repeating: 0, count: w * h * 3)
     for y in 0..<h { for x in 0..<w { let i = (y * w + x) * 3; px[i] = Float((x ^ y) & 255); px[i + 1] = Float(x & 255); px[i + 2] = Float(y & 255) } }
-    let img = RGBImage(width: w, height: h, pixels: px)
+    let img = try RGBImage(width: w, height: h, pixels: px)
     let t0 = Date()
-    let out = CLIPPreprocessor()(img)
+    let out = try CLIPPreprocessor()(img)
     let dt = Date().timeIntervalSince(t0)
     #expect(out.count == 3 * 224 * 224)
     print("image CLIP preprocess of 4000x3000: \(String(format: "%.3f", dt)) s")

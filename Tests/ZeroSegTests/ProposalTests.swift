@@ -29,14 +29,14 @@ private func regionImage(width w: Int, height h: Int, noise: Float, seed: UInt64
             px[i + 2] = max(0, min(255, c.2 + noise * n[i + 2]))
         }
     }
-    return RGBImage(width: w, height: h, pixels: px)
+    return try! RGBImage(width: w, height: h, pixels: px)
 }
 
 /// The mask of the pixels where `inside(x, y)`.
 private func mask(width w: Int, height h: Int, source: String = "test", _ inside: (Int, Int) -> Bool) -> ProposalMask {
     var bits = [UInt8](repeating: 0, count: w * h)
     for y in 0..<h { for x in 0..<w where inside(x, y) { bits[y * w + x] = 1 } }
-    return ProposalMask(width: w, height: h, bits: bits, source: source)
+    return try! ProposalMask(width: w, height: h, bits: bits, source: source)
 }
 
 /// A gh x gw feature grid: cell (gy, gx) holds basis vector `cluster(gy, gx)` plus noise.
@@ -51,14 +51,14 @@ private func clusterGrid(height gh: Int, width gw: Int, dim: Int, noise: Float, 
             data[r * dim + cluster(gy, gx)] += 1
         }
     }
-    return FeatureGrid(height: gh, width: gw, dim: dim, data: data)
+    return try! FeatureGrid(height: gh, width: gw, dim: dim, data: data)
 }
 
 /// The best IoU of `target` with any of `masks`, and that mask's index.
 private func bestMatch(_ target: ProposalMask, in masks: [ProposalMask]) -> (iou: Double, index: Int) {
     var best = (iou: 0.0, index: -1)
     for (i, m) in masks.enumerated() {
-        let v = target.iou(with: m)
+        let v = try! target.iou(with: m)
         if v > best.iou { best = (v, i) }
     }
     return best
@@ -67,7 +67,7 @@ private func bestMatch(_ target: ProposalMask, in masks: [ProposalMask]) -> (iou
 @Suite struct ProposalTests {
     // MARK: Lab
 
-    @Test func labKnownValues() {
+    @Test func labKnownValues() throws {
         // Reference values: the standard sRGB (D65) -> CIE Lab formulas (e.g. colormine / Lindbloom).
         let cases: [((Float, Float, Float), (Float, Float, Float))] = [
             ((255, 255, 255), (100, 0, 0)),
@@ -83,7 +83,7 @@ private func bestMatch(_ target: ProposalMask, in masks: [ProposalMask]) -> (iou
                     "\(rgb) -> \(got), want \(want)")
         }
         // Planar layout [3, H, W].
-        let img = RGBImage(width: 2, height: 1, pixels: [255, 255, 255, 255, 0, 0])
+        let img = try RGBImage(width: 2, height: 1, pixels: [255, 255, 255, 255, 0, 0])
         let planes = labPlanes(img)
         #expect(abs(planes[0] - 100) < 0.01 && abs(planes[1] - 53.2408) < 0.01)
         #expect(abs(planes[2]) < 0.01 && abs(planes[3] - 80.0925) < 0.01 && abs(planes[5] - 67.2032) < 0.01)
@@ -98,14 +98,14 @@ private func bestMatch(_ target: ProposalMask, in masks: [ProposalMask]) -> (iou
         return regionImage(width: 72, height: 56, noise: 6, seed: 11, region: quadrant) { colours[$0] }
     }()
 
-    @Test func slicSuperpixelsRespectRegionsAndAreContiguous() {
+    @Test func slicSuperpixelsRespectRegionsAndAreContiguous() throws {
         let (img, region) = (Self.quadrants, Self.quadrant)
-        let sp = slicSuperpixels(img)
+        let sp = try slicSuperpixels(img)
         let w = img.width, h = img.height
         #expect(sp.count > 50 && sp.count < 600, "\(sp.count) superpixels")
         // Labels 0..<count, each one 4-connected region.
         #expect(sp.labels.allSatisfy { $0 >= 0 && Int($0) < sp.count })
-        #expect(connectedComponents(sp.labels, width: w, height: h).count == sp.count)
+        #expect(try connectedComponents(sp.labels, width: w, height: h).count == sp.count)
         #expect(sp.areas.reduce(0, +) == w * h && sp.areas.allSatisfy { $0 > 0 })
         // No superpixel straddles two quadrants.
         var counts = [[Int]](repeating: [0, 0, 0, 0], count: sp.count)
@@ -115,16 +115,16 @@ private func bestMatch(_ target: ProposalMask, in masks: [ProposalMask]) -> (iou
             #expect(Double(c.max()!) >= 0.95 * Double(total), "superpixel \(r): \(c)")
         }
         // Deterministic.
-        #expect(slicSuperpixels(img) == sp)
+        #expect(try slicSuperpixels(img) == sp)
     }
 
-    @Test func slicVLFeatLayoutIsRowMajor() {
+    @Test func slicVLFeatLayoutIsRowMajor() throws {
         // A picture much wider than tall, left third black, rest white: if width and height were
         // swapped for VLFeat, superpixels would cross the vertical edge.
         let img = regionImage(width: 60, height: 12, noise: 0, seed: 1, region: { x, _ in x < 20 ? 0 : 1 }) {
             $0 == 0 ? (0, 0, 0) : (255, 255, 255)
         }
-        let sp = slicSuperpixels(img, parameters: SLICParameters(regionSize: 6))
+        let sp = try slicSuperpixels(img, parameters: SLICParameters(regionSize: 6))
         var left = Set<Int32>(), right = Set<Int32>()
         for y in 0..<12 { for x in 0..<60 { if x < 20 { left.insert(sp.labels[y * 60 + x]) } else { right.insert(sp.labels[y * 60 + x]) } } }
         #expect(left.isDisjoint(with: right))
@@ -163,9 +163,9 @@ private func bestMatch(_ target: ProposalMask, in masks: [ProposalMask]) -> (iou
     /// 8x8 grid, dim 6: left half cluster 0, right half cluster 1.
     static let halves = clusterGrid(height: 8, width: 8, dim: 6, noise: 0.15, seed: 21) { _, gx in gx < 4 ? 0 : 1 }
 
-    @Test func kMeansRecoversTwoHalves() {
+    @Test func kMeansRecoversTwoHalves() throws {
         let g = Self.halves
-        let r = sphericalKMeans(g.data, count: 64, dim: 6, k: 2, seed: 3)
+        let r = try sphericalKMeans(g.data, count: 64, dim: 6, k: 2, seed: 3)
         #expect(r.converged)
         let left = r.assignments[0]
         for gy in 0..<8 {
@@ -178,7 +178,7 @@ private func bestMatch(_ target: ProposalMask, in masks: [ProposalMask]) -> (iou
             #expect(abs(norm - 1) < 1e-5)
             #expect(v[c == left ? 0 : 1] > 0.9)
         }
-        #expect(sphericalKMeans(g.data, count: 64, dim: 6, k: 2, seed: 3) == r)
+        #expect(try sphericalKMeans(g.data, count: 64, dim: 6, k: 2, seed: 3) == r)
     }
 
     @Test func kMeansProposalsMatchFeatureHalves() throws {
@@ -229,7 +229,7 @@ private func bestMatch(_ target: ProposalMask, in masks: [ProposalMask]) -> (iou
 
     // MARK: finalize
 
-    @Test func finalizeFiltersDedupesAndCaps() {
+    @Test func finalizeFiltersDedupesAndCaps() throws {
         let (w, h) = (64, 64)  // 4096 pixels; default min area max(16, 9) = 16
         #expect(ProposalSettings.defaultMinArea(width: w, height: h) == 16)
         #expect(ProposalSettings.defaultMinArea(width: 480, height: 360) == 346)
@@ -242,7 +242,7 @@ private func bestMatch(_ target: ProposalMask, in masks: [ProposalMask]) -> (iou
         let small2 = mask(width: w, height: h, source: "small2") { x, y in x >= 56 && y >= 48 }
         let tiny = mask(width: w, height: h, source: "tiny") { x, y in x < 3 && y < 3 }       // 9 < 16
         let empty = mask(width: w, height: h, source: "empty") { _, _ in false }
-        #expect(big1.iou(with: big1b) > 0.9)
+        #expect(try big1.iou(with: big1b) > 0.9)
         let input = [big1, big1b, big2, med1, med2, small1, small2, tiny, empty]
 
         let all = finalize(input, settings: ProposalSettings(maxProposals: 100))
@@ -258,15 +258,15 @@ private func bestMatch(_ target: ProposalMask, in masks: [ProposalMask]) -> (iou
         #expect(!loose.map(\.source).contains("empty"))
     }
 
-    @Test func maskBasics() {
+    @Test func maskBasics() throws {
         let m = mask(width: 10, height: 8) { x, y in (2..<5).contains(x) && (3..<7).contains(y) }
         #expect(m.area == 12 && m.bbox == PixelBox(x0: 2, y0: 3, x1: 5, y1: 7))
-        let n = ProposalMask(width: 10, height: 8, bits: m.bits.map { $0 * 200 }, source: "x")
-        #expect(n.bits == m.bits && n.iou(with: m) == 1)
+        let n = try ProposalMask(width: 10, height: 8, bits: m.bits.map { $0 * 200 }, source: "x")
+        #expect(try n.bits == m.bits && n.iou(with: m) == 1)
         let o = mask(width: 10, height: 8) { x, y in (4..<8).contains(x) && (3..<7).contains(y) }
-        #expect(abs(m.iou(with: o) - 4.0 / 24.0) < 1e-12)
+        #expect(try abs(m.iou(with: o) - 4.0 / 24.0) < 1e-12)
         let e = mask(width: 10, height: 8) { _, _ in false }
-        #expect(e.area == 0 && e.bbox.isEmpty && e.iou(with: e) == 0 && e.iou(with: m) == 0)
+        #expect(try e.area == 0 && e.bbox.isEmpty && e.iou(with: e) == 0 && e.iou(with: m) == 0)
     }
 
     @Test func proposalSourceParses() throws {

@@ -8,7 +8,7 @@ import ZeroSegTestSupport
 @Suite struct SegmentTests {
     static let image: RGBImage = {
         let img = try! RGBImage.load(repoRoot.appendingPathComponent("examples/chelsea.jpg"))
-        return resizeBilinear(img, width: 75, height: 50)
+        return try! resizeBilinear(img, width: 75, height: 50)
     }()
 
     func segmenter(_ refine: Refinement, threshold: Float = 0) throws -> Segmenter {
@@ -24,7 +24,7 @@ import ZeroSegTestSupport
         let set = try ClassSet.parse("cat,grass|lawn|meadow,wall,dog", background: "sky,floor")
         let q = try seg.queryEmbeddings(set, templates: ["a photo of a {}.", "a {}."])
         let internals = try seg.logits(Self.image, queries: q)
-        let full = seg.finish(logits: internals.refinedLogits ?? internals.rawLogits, width: Self.image.width,
+        let full = try seg.finish(logits: internals.refinedLogits ?? internals.rawLogits, width: Self.image.width,
                               height: Self.image.height, set: set, wantScores: true)
         for chunk in [1, 3, 100] {
             let r = try seg.segment(Self.image, classes: set, queries: q, wantScores: true, queryChunk: chunk)

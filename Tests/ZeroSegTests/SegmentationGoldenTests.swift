@@ -182,7 +182,7 @@ import ZeroSeg
         let q = set.queries.count
         let hw = logits.count / q
         let seg = try Segmenter(model: Self.tinyModel, options: c.options(), threads: 1)
-        let r = seg.finish(logits: logits, width: hw, height: 1, set: set, wantScores: true)
+        let r = try seg.finish(logits: logits, width: hw, height: 1, set: set, wantScores: true)
         let refS = try ref.floats("\(name).scores")
         let nc = set.classes.count
         let d = maxAbsDiff(Array(refS[0..<(nc * hw)]), r.scores!)
@@ -300,7 +300,7 @@ struct SegRun {
         let q = try seg.queryEmbeddings(set, templates: Templates.named(c.templates), cache: nil)
         let internals = try seg.logits(image, queries: q, keepRaw: true)
         let logits = internals.refinedLogits ?? internals.rawLogits
-        let fin = seg.finish(logits: logits, width: image.width, height: image.height, set: set, wantScores: true)
+        let fin = try seg.finish(logits: logits, width: image.width, height: image.height, set: set, wantScores: true)
         var scores = fin.scores!
         if !set.background.isEmpty {
             scores += backgroundRow(logits, owners: set.queries.map(\.owner), owner: set.classes.count, scale: seg.options.logitScale)

@@ -56,19 +56,19 @@ import ZeroSegTestSupport
         var dInputs: [[Float]] = []
         var dCtx = [Float](repeating: 0, count: context.count)
         for (p, g) in zip(prompts, upstream) {
-            let tape = m.textForward(inputs: m.textInputs(p, context: context), tokens: p.tokens.count, pool: p.pool, threads: 1)
+            let tape = try! m.textForward(inputs: try! m.textInputs(p, context: context), tokens: p.tokens.count, pool: p.pool, threads: 1)
             var y = tape.embedding
             l2Normalize(&y)
             loss += zip(y, g).reduce(0) { $0 + $1.0 * $1.1 }
-            let dx = m.textBackward(tape, gradEmbedding: l2NormalizeBackward(tape.embedding, grad: g), threads: 1)
+            let dx = try! m.textBackward(tape, gradEmbedding: try! l2NormalizeBackward(tape.embedding, grad: g), threads: 1)
             dInputs.append(dx)
-            for (i, v) in m.contextGradient(p, inputGradient: dx).enumerated() { dCtx[i] += v }
+            for (i, v) in try! m.contextGradient(p, inputGradient: dx).enumerated() { dCtx[i] += v }
         }
         return (loss, dInputs, dCtx)
     }
 
     static func loss(_ m: CLIPModel, _ p: CoOpPrompt, inputs x0: [Float], upstream g: [Float]) -> Float {
-        var y = m.textForward(inputs: x0, tokens: p.tokens.count, pool: p.pool, threads: 1).embedding
+        var y = try! m.textForward(inputs: x0, tokens: p.tokens.count, pool: p.pool, threads: 1).embedding
         l2Normalize(&y)
         return zip(y, g).reduce(0) { $0 + $1.0 * $1.1 }
     }
@@ -101,7 +101,7 @@ import ZeroSegTestSupport
         #expect(ctx.count == Self.contextLength * w)
         for (k, name) in Self.names.enumerated() {
             let p = try m.coopPrompt(name: name, contextLength: Self.contextLength)
-            let x0 = m.textInputs(p, context: ctx)
+            let x0 = try m.textInputs(p, context: ctx)
             let d = maxAbsDiff(x0, try Self.reference.floats("prompt.\(k).inputs"))
             #expect(d <= 1e-6, "\(name): inputs max |diff| \(d)")
         }
@@ -119,16 +119,16 @@ import ZeroSegTestSupport
         var report: [String] = []
         for (k, name) in Self.names.enumerated() {
             let p = try m.coopPrompt(name: name, contextLength: n)
-            let tape = m.textForward(inputs: m.textInputs(p, context: ctx), tokens: p.tokens.count, pool: p.pool, threads: 1)
+            let tape = try m.textForward(inputs: try m.textInputs(p, context: ctx), tokens: p.tokens.count, pool: p.pool, threads: 1)
             let de = Double(maxAbsDiff(tape.embedding, Self.rows(refEmb, k, pd)))
             #expect(de <= 1e-5 * maxRef, "\(act) \(name): embedding max |diff| \(de) (max |ref| \(maxRef))")
-            let gE = l2NormalizeBackward(tape.embedding, grad: Self.rows(upstream, k, pd))
+            let gE = try l2NormalizeBackward(tape.embedding, grad: Self.rows(upstream, k, pd))
             let eGE = Self.relativeError(gE, Self.rows(refGradEmb, k, pd))
             #expect(eGE <= 1e-3, "\(act) \(name): d loss / d embedding relative error \(eGE)")
-            let dx = m.textBackward(tape, gradEmbedding: gE, threads: 1)
+            let dx = try m.textBackward(tape, gradEmbedding: gE, threads: 1)
             let eX = Self.relativeError(dx, try ref.floats("\(act).prompt.\(k).grad_inputs"))
             #expect(eX <= 1e-3, "\(act) \(name): d loss / d inputs relative error \(eX)")
-            let g = m.contextGradient(p, inputGradient: dx)
+            let g = try m.contextGradient(p, inputGradient: dx)
             let eC = Self.relativeError(g, Self.rows(refGradCtx, k, n * w))
             #expect(eC <= 1e-3, "\(act) \(name): d loss / d ctx relative error \(eC)")
             for i in g.indices { dCtx[i] += g[i] }
@@ -163,7 +163,7 @@ import ZeroSegTestSupport
             #expect(abs(fd - dCtx[i]) <= 0.02 * scaleCtx, "\(act) ctx[\(i)]: finite difference \(fd), backward \(dCtx[i])")
         }
         // non-context rows of the second prompt: start token, a name token, the end token
-        let p = prompts[1], x0 = m.textInputs(p, context: ctx), dx = dInputs[1]
+        let p = prompts[1], x0 = try m.textInputs(p, context: ctx), dx = dInputs[1]
         let scaleX = dx.map { abs($0) }.max()!
         for (row, col) in [(0, 3), (n + 1, 10), (p.pool, 0), (p.pool, 29)] {
             let i = row * w + col
@@ -185,19 +185,19 @@ import ZeroSegTestSupport
         let ref = try m.encodeTokens(ids, normalize: false, threads: 1)
         for (seq, e) in zip(ids, ref) {
             let pool = seq.firstIndex(of: Tokenizer.endToken)!
-            let p = CoOpPrompt(tokens: seq, ctxRange: 1..<1, pool: pool)
-            let tape = m.textForward(inputs: m.textInputs(p, context: []), tokens: seq.count, pool: pool, threads: 1)
+            let p = try CoOpPrompt(tokens: seq, ctxRange: 1..<1, pool: pool)
+            let tape = try m.textForward(inputs: try m.textInputs(p, context: []), tokens: seq.count, pool: pool, threads: 1)
             let maxRef = e.map { abs($0) }.max()!
             #expect(maxAbsDiff(tape.embedding, e) <= 1e-5 * max(1, maxRef), "\(seq)")
-            let dx = m.textBackward(tape, gradEmbedding: randomFloats(e.count, seed: 3), threads: 1)
+            let dx = try m.textBackward(tape, gradEmbedding: randomFloats(e.count, seed: 3), threads: 1)
             #expect(dx[((pool + 1) * w)...].allSatisfy { $0 == 0 })
             #expect(dx[..<((pool + 1) * w)].contains { $0 != 0 })
         }
     }
 
-    @Test func l2NormalizeBackwardMatchesFiniteDifferences() {
+    @Test func l2NormalizeBackwardMatchesFiniteDifferences() throws {
         let e = randomFloats(7, seed: 5).map { $0 * 3 }, g = randomFloats(7, seed: 6)
-        let d = l2NormalizeBackward(e, grad: g)
+        let d = try l2NormalizeBackward(e, grad: g)
         func f(_ v: [Double]) -> Double {
             let n = v.reduce(0) { $0 + $1 * $1 }.squareRoot()
             return zip(v, g).reduce(0) { $0 + $1.0 / n * Double($1.1) }
@@ -229,13 +229,13 @@ import ZeroSegTestSupport
         let p16 = try m.coopPrompt(name: "traffic light", contextLength: 16)
         #expect(p16.ctxRange == 1..<17 && p16.tokens.count == 16 + 5)
         let w = m.config.text.hiddenSize, ctx = randomFloats(16 * w, seed: 9)
-        let x0 = m.textInputs(p16, context: ctx)
-        let plain = m.textInputs(CoOpPrompt(tokens: p16.tokens, ctxRange: 0..<0, pool: p16.pool), context: [])
+        let x0 = try m.textInputs(p16, context: ctx)
+        let plain = try m.textInputs(try CoOpPrompt(tokens: p16.tokens, ctxRange: 0..<0, pool: p16.pool), context: [])
         // ctx rows are ctx + position embedding; the others are the plain token + position embeddings
         let pe = m.textModel.positionEmbedding
         #expect((1..<17).allSatisfy { r in (0..<w).allSatisfy { x0[r * w + $0] == ctx[(r - 1) * w + $0] + pe[r * w + $0] } })
         #expect(x0[..<w] == plain[..<w] && x0[(17 * w)...] == plain[(17 * w)...])
-        #expect(m.contextGradient(p16, inputGradient: x0) == Array(x0[w..<(17 * w)]))
+        #expect(try m.contextGradient(p16, inputGradient: x0) == Array(x0[w..<(17 * w)]))
         // the longest prompt that fits: start, 4 x "X", 70 x "cat", ".", end = 77 tokens
         #expect(try m.coopPrompt(name: String(repeating: "cat ", count: 70), contextLength: 4).tokens.count == 77)
     }

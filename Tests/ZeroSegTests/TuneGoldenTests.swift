@@ -20,8 +20,8 @@ import ZeroSeg
         let f = try r.floats("features"), fs = r.tensors["features"]!.shape  // [B, gh, gw, P]
         let t = try r.ints("targets"), ts = r.tensors["targets"]!.shape      // [B, H, W]
         let g = fs[1] * fs[2] * fs[3], hw = ts[1] * ts[2]
-        let ex = (0..<fs[0]).map { b in
-            TuneExample(features: FeatureGrid(height: fs[1], width: fs[2], dim: fs[3], data: Array(f[(b * g)..<((b + 1) * g)])),
+        let ex = try (0..<fs[0]).map { b in
+            TuneExample(features: try FeatureGrid(height: fs[1], width: fs[2], dim: fs[3], data: Array(f[(b * g)..<((b + 1) * g)])),
                         target: t[(b * hw)..<((b + 1) * hw)].map { Int32($0) }, width: ts[2], height: ts[1])
         }
         return (model, p, names, ex)
@@ -100,12 +100,12 @@ import ZeroSeg
             for cell in 0..<(gh * gw) { cellClass[cell] = (cell / gw + cell % gw + i) % 3 }
             for cell in 0..<(gh * gw) { for j in 0..<d { feats.append(dirs[cellClass[cell]][j] + noise[cell * d + j]) } }
             for y in 0..<h { for x in 0..<w { target[y * w + x] = Int32(cellClass[(y / 4) * gw + x / 4]) } }
-            examples.append(TuneExample(features: FeatureGrid(height: gh, width: gw, dim: d, data: feats), target: target, width: w, height: h))
+            examples.append(TuneExample(features: try FeatureGrid(height: gh, width: gw, dim: d, data: feats), target: target, width: w, height: h))
         }
         let c0 = try model.initialContext(count: 4, phrase: nil, seed: 0)
         let p = LearnedPrompts(context: c0.values, contextLength: 4, textWidth: model.config.text.hiddenSize, dim: d)
         func miou(_ p: LearnedPrompts) throws -> Double {
-            var m = ConfusionMatrix(numClasses: 3)
+            var m = try ConfusionMatrix(numClasses: 3)
             for ex in examples {
                 try m.add(prediction: try tunePredict(model: model, prompts: p, names: names, example: ex), label: ex.target.map { UInt8($0) })
             }

@@ -102,12 +102,12 @@ import ZeroSeg
     static func box(_ w: Int, _ h: Int, _ x0: Int, _ y0: Int, _ x1: Int, _ y1: Int, _ name: String) -> ProposalMask {
         var b = [UInt8](repeating: 0, count: w * h)
         for y in y0..<y1 { for x in x0..<x1 { b[y * w + x] = 1 } }
-        return ProposalMask(width: w, height: h, bits: b, source: name)
+        return try! ProposalMask(width: w, height: h, bits: b, source: name)
     }
 
     /// Smallest covering mask decides; λ = 0 keeps one-stage (renormalised), λ = 1 gives the
     /// region's probabilities; pixels in no mask keep the one-stage value.
-    @Test func fusionRules() {
+    @Test func fusionRules() throws {
         let (w, h, rows) = (6, 4, 3), hw = 24
         var p1 = [Float](repeating: 0, count: rows * hw)
         for px in 0..<hw { p1[px] = 0.6; p1[hw + px] = 0.3; p1[2 * hw + px] = 0.1 }
@@ -126,7 +126,7 @@ import ZeroSeg
         let a = Self.box(w, h, 0, 0, 2, 2, "a"), b = Self.box(w, h, 1, 1, 3, 3, "b")
         let (_, o2) = TwoStageSegmenter.fuse(oneStage: p1, rows: rows, pixels: hw, masks: [a, b], regions: pr, lambda: 0.5)
         #expect(o2[1 * w + 1] == 0)
-        let labels = labelPixels(f1, rows: rows, pixels: hw, classes: 2, hasBackground: true, threshold: 0)
+        let labels = try labelPixels(f1, rows: rows, pixels: hw, classes: 2, hasBackground: true, threshold: 0)
         #expect(labels[0] == 255 && labels[1 * w + 1] == 1 && labels[5] == 0)
     }
 

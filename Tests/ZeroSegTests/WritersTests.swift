@@ -53,7 +53,7 @@ private func leftovers(_ dir: URL) throws -> [String] {
         let d = temporaryDirectory()
         let url = d.appendingPathComponent("labels.png")
         let (w, h, v) = Self.labels
-        let palette = classPalette(count: 5)
+        let palette = try classPalette(count: 5)
         try writeLabelPNG(labels: v, width: w, height: h, palette: palette, to: url)
 
         // As stored: 8-bit palette, indices unchanged, 256 PLTE entries (the rest black).
@@ -80,7 +80,7 @@ private func leftovers(_ dir: URL) throws -> [String] {
         let d = temporaryDirectory()
         let url = d.appendingPathComponent("labels.png")
         let (w, h, v) = Self.labels
-        let palette = classPalette(count: 5)
+        let palette = try classPalette(count: 5)
         try writeLabelPNG(labels: v, width: w, height: h, palette: palette, to: url)
         let script = """
             import sys, json, numpy as np
@@ -170,13 +170,13 @@ private func leftovers(_ dir: URL) throws -> [String] {
                 if y >= 8 { lab[i] = x < 32 ? 0 : (x < 48 ? 1 : 2) }
             }
         }
-        return (RGBImage(width: w, height: h, pixels: px), lab)
+        return (try! RGBImage(width: w, height: h, pixels: px), lab)
     }()
 
     @Test(arguments: [Float(0.5), 0.3, 0, 1])
     func overlayBlendsAndHasALegend(_ alpha: Float) throws {
         let (image, labels) = Self.overlayInput
-        let palette = classPalette(count: 3)
+        let palette = try classPalette(count: 3)
         let names = ["cat", "grass", "a rather long class name that will not fit in the legend at all, surely"]
         let out = try renderOverlay(image: image, labels: labels, classNames: names, areaFractions: [0.5, 0.25, 0.08],
                                     palette: palette, alpha: alpha, title: "zeroseg naclip", footer: "SYNTHETIC WEIGHTS: meaningless")
@@ -234,7 +234,7 @@ private func leftovers(_ dir: URL) throws -> [String] {
 
     @Test func overlayErrors() throws {
         let (image, labels) = Self.overlayInput
-        let palette = classPalette(count: 3)
+        let palette = try classPalette(count: 3)
         func render(labels l: [UInt8] = labels, names: [String] = ["a", "b", "c"], areas: [Double] = [0, 0, 0],
                     palette p: [(UInt8, UInt8, UInt8)]? = nil, alpha: Float = 0.5, font: String? = nil) throws {
             _ = try renderOverlay(image: image, labels: l, classNames: names, areaFractions: areas, palette: p ?? palette,

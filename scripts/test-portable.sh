@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test with the portable element-wise kernels (plain C over libm) instead of the
+# AVX2/AVX-512 ones the CPU would get: the path of CPUs without AVX2 and of other architectures,
+# which must pass the same golden tests. Arguments go to `swift test` (e.g. --filter Golden).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ZEROSEG_KERNELS=portable
+exec bash scripts/test.sh "$@"
