@@ -95,8 +95,11 @@ final class LoopbackHubServer: @unchecked Sendable {
     func stop() {
         let first = lock.withLock { () -> Bool in defer { stopped = true }; return !stopped }
         guard first else { return }
+        // Only shut the socket down: that wakes the accept loop, which closes it. Closing it here
+        // would free its number while the loop may still call accept() on it, and a server
+        // started next (another test) could get that number: the old loop would then take its
+        // connections and answer 401 for repositories it does not know.
         shutdown(listenFD, Int32(SHUT_RDWR))
-        close(listenFD)
     }
 
     // MARK: set-up by the tests
@@ -133,7 +136,8 @@ final class LoopbackHubServer: @unchecked Sendable {
         while true {
             let fd = accept(listenFD, nil, nil)
             if fd < 0 {
-                if errno == EINTR { continue }
+                if errno == EINTR && !lock.withLock({ stopped }) { continue }
+                close(listenFD)
                 return
             }
             var tv = timeval(tv_sec: 10, tv_usec: 0)
