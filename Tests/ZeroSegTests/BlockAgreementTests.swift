@@ -14,10 +14,19 @@ import ZeroSegTestSupport
 /// (pooled class token against transformers), `TextBackwardTests.textForwardEqualsEncodeTokens`
 /// (also when the end token is not last), `SegmentationGoldenTests` (dense methods end to end
 /// against PyTorch).
+///
+/// Where two paths do the same arithmetic they agree bit for bit when run alone; the bounds are
+/// 1e-6 x max |ref| all the same, because OpenBLAS's thread count is process-wide, other tests
+/// running in parallel change it, and OpenBLAS's threaded sgemm rounds differently from its
+/// single-threaded one (the tiny vision tower's hidden states: up to 1.1e-6 apart between 1 and 2
+/// threads).
 @Suite struct BlockAgreementTests {
     static let model = try! CLIPModel(directory: GoldenModelTests.tinyDir)
 
     static func array(_ p: ConstFloatPtr, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+
+    /// 1e-6 x max |ref| (at least 1e-6).
+    static func bound(_ ref: [Float]) -> Float { 1e-6 * max(1, ref.map { abs($0) }.max()!) }
 
     /// Vision hidden states before the last layer for `n` random images of h x w pixels.
     static func beforeLastLayer(_ n: Int, height: Int, width: Int, seed: UInt64, threads: Int = 1) throws
@@ -31,8 +40,7 @@ import ZeroSegTestSupport
     }
 
     /// textForward (the block recording a tape) and encodeTokens' plain path (the block recording
-    /// nothing) on one sequence: the same arithmetic, so every layer's input and the embedding are
-    /// equal bit for bit.
+    /// nothing) on one sequence: the same arithmetic, every layer's input and the embedding.
     @Test(arguments: [1, 2])
     func recordingTextPathEqualsPlainPath(threads: Int) throws {
         let m = Self.model
@@ -47,9 +55,10 @@ import ZeroSegTestSupport
             let tape = try m.textForward(inputs: try m.textInputs(prompt, context: []), tokens: ids.count, pool: pool, threads: threads)
             #expect(tape.layers.count == m.textModel.layers.count)
             for (i, layer) in tape.layers.enumerated() {
-                #expect(layer.input.array == hidden["text.hidden_states.\(i)"], "\(ids.count) tokens, input of layer \(i)")
+                let ref = hidden["text.hidden_states.\(i)"]!
+                #expect(maxAbsDiff(layer.input.array, ref) <= Self.bound(ref), "\(ids.count) tokens, input of layer \(i)")
             }
-            #expect(tape.embedding == plain, "\(ids.count) tokens")
+            #expect(maxAbsDiff(tape.embedding, plain) <= Self.bound(plain), "\(ids.count) tokens")
         }
     }
 
@@ -68,7 +77,7 @@ import ZeroSegTestSupport
         }
         for b in 0..<n {
             let ref = Self.array(full.ptr + b * t * w, w), got = Self.array(pooled.ptr + b * w, w)
-            let bound = 1e-6 * max(1, ref.map { abs($0) }.max()!)
+            let bound = Self.bound(ref)
             #expect(maxAbsDiff(got, ref) <= bound, "image \(b): \(maxAbsDiff(got, ref))")
             print("BlockAgreementTests pooled class token, \(threads) threads, image \(b): max abs diff \(maxAbsDiff(got, ref)) (bound \(bound))")
         }
@@ -105,11 +114,11 @@ import ZeroSegTestSupport
             withExtendedLifetime(kept) {}
             for (i, s) in seqs.enumerated() {
                 let ref = Self.array(whole[i].ptr + cut * w, s.count * w), got = Self.array(rest.ptr + s.row * w, s.count * w)
-                let bound = 1e-6 * max(1, ref.map { abs($0) }.max()!)
+                let bound = Self.bound(ref)
                 #expect(maxAbsDiff(got, ref) <= bound, "sequence \(i): \(maxAbsDiff(got, ref))")
                 print("BlockAgreementTests prefix continuation, sequence \(i): max abs diff \(maxAbsDiff(got, ref)) (bound \(bound))")
                 let refPrefix = Self.array(whole[i].ptr, cut * w)
-                #expect(maxAbsDiff(Self.array(prefix.ptr, cut * w), refPrefix) <= 1e-6 * max(1, refPrefix.map { abs($0) }.max()!),
+                #expect(maxAbsDiff(Self.array(prefix.ptr, cut * w), refPrefix) <= Self.bound(refPrefix),
                         "prefix rows of sequence \(i)")
             }
         }
@@ -117,7 +126,7 @@ import ZeroSegTestSupport
     }
 
     /// The dense last block with `vanilla` is plain CLIP: its patch embeddings are the full
-    /// encoder's (`visionHidden` + `tokenEmbeddings`), L2-normalised, bit for bit.
+    /// encoder's (`visionHidden` + `tokenEmbeddings`), L2-normalised.
     @Test func denseVanillaIsTheSharedBlock() throws {
         let m = Self.model, n = 2, h = 80, wd = 96, p = m.config.projectionDim
         let px = randomFloats(n * 3 * h * wd, seed: 12).map { $0 * 2 }
@@ -136,7 +145,8 @@ import ZeroSegTestSupport
                 for i in 0..<p { s += src[i] * src[i] }
                 let inv = 1 / max(s.squareRoot(), 1e-12)
                 let ref = (0..<p).map { src[$0] * inv }
-                #expect(Self.array(dense.ptr + (b * (t - 1) + j - 1) * p, p) == ref, "image \(b), patch \(j - 1)")
+                let got = Self.array(dense.ptr + (b * (t - 1) + j - 1) * p, p)
+                #expect(maxAbsDiff(got, ref) <= Self.bound(ref), "image \(b), patch \(j - 1): \(maxAbsDiff(got, ref))")
             }
         }
     }
