@@ -14,8 +14,12 @@ public struct PAMR: Sendable {
     /// [P, H, W] softmax-normalised affinities (P = 8 · dilations).
     package let affinity: [Float]
 
-    /// guide: [3, H, W] (the normalised image). Rows are split over `threads` workers.
-    public init(guide: [Float], height h: Int, width w: Int, dilations: [Int], threads: Int = 1) {
+    /// guide: [3, H, W] (the normalised image). Rows are split over `threads` workers. Throws for
+    /// a guide of another size.
+    public init(guide: [Float], height h: Int, width w: Int, dilations: [Int], threads: Int = 1) throws {
+        guard h >= 0 && w >= 0 && guide.count == 3 * h * w else {
+            throw ZeroSegError("PAMR: a guide of \(guide.count) values for \(h)x\(w) (3 x H x W expected)")
+        }
         height = h; width = w
         let ring = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
         let offs = dilations.flatMap { d in ring.map { ($0.0 * d, $0.1 * d) } }
@@ -41,7 +45,8 @@ public struct PAMR: Sendable {
     static func affinityRows(_ rows: Range<Int>, guide: UnsafePointer<Float>, _ h: Int, _ w: Int,
                              _ offs: [(Int, Int)], _ stdOffs: [(Int, Int)], _ aff: UnsafeMutablePointer<Float>) {
         let np = offs.count, hw = h * w, k = 3
-        // hot loop: unchecked via unsafe buffer pointers
+        // hot loop: unchecked via unsafe buffer pointers; the clamped indices are in range, so their
+        // arithmetic wraps (&+, &*) instead of checking for overflow
         let vals = UnsafeMutableBufferPointer<Float>.allocate(capacity: stdOffs.count)
         let diff = UnsafeMutableBufferPointer<Float>.allocate(capacity: np)
         defer { vals.deallocate(); diff.deallocate() }
@@ -52,7 +57,7 @@ public struct PAMR: Sendable {
                     for c in 0..<k {
                         let plane = c * hw
                         for (i, (dy, dx)) in stdOffs.enumerated() {
-                            vals[i] = guide[plane + min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)]
+                            vals[i] = guide[plane &+ min(max(y &+ dy, 0), h &- 1) &* w &+ min(max(x &+ dx, 0), w &- 1)]
                         }
                         var mean: Float = 0
                         for v in vals { mean += v }
@@ -63,7 +68,7 @@ public struct PAMR: Sendable {
                         let centre = guide[plane + y * w + x]
                         let denom = 1e-8 + 0.1 * std
                         for (p, (dy, dx)) in offs.enumerated() {
-                            let nb = guide[plane + min(max(y + dy, 0), h - 1) * w + min(max(x + dx, 0), w - 1)]
+                            let nb = guide[plane &+ min(max(y &+ dy, 0), h &- 1) &* w &+ min(max(x &+ dx, 0), w &- 1)]
                             diff[p] += -abs(centre - nb) / denom
                         }
                     }
@@ -79,9 +84,13 @@ public struct PAMR: Sendable {
 
     /// `iterations` rounds of mask ← Σ_p affinity_p · shift_p(mask) on masks [C, H, W]
     /// (borders replicated). Channels are independent: they are spread over `threads` workers;
-    /// inside a row the interior (no clamping) runs as a contiguous, vectorisable loop.
-    public func refine(_ masks: [Float], channels: Int, iterations: Int, threads: Int = 1) -> [Float] {
+    /// inside a row the interior (no clamping) runs as a contiguous, vectorisable loop. Values past
+    /// the first `channels` maps are returned as they are; fewer values than that throw.
+    public func refine(_ masks: [Float], channels: Int, iterations: Int, threads: Int = 1) throws -> [Float] {
         let h = height, w = width, hw = h * w
+        guard channels >= 0 && iterations >= 0 && masks.count >= channels * hw else {
+            throw ZeroSegError("PAMR.refine: \(masks.count) values for \(channels) maps of \(h)x\(w), \(iterations) iterations")
+        }
         var result = masks
         let offs = offsets
         affinity.withUnsafeBufferPointer { affBuf in

@@ -159,7 +159,7 @@ public final class Segmenter: @unchecked Sendable {
         func lap(_ name: String) { clock.lap(name, into: &timings) }
         let (h, w) = (image.height, image.width), hw = h * w
         let owners = set.queries.map(\.owner), q = owners.count, nc = set.classes.count
-        let pamr = options.refine == .pamr ? makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h) : nil
+        let pamr = options.refine == .pamr ? try makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h) : nil
         lap("refine")
         let scale = options.logitScale
         var best = [Float](repeating: -.infinity, count: hw)      // best scaled logit
@@ -178,7 +178,7 @@ public final class Segmenter: @unchecked Sendable {
             lap("head")
             var part = chunkBuf
             if let pamr {
-                part = pamr.refine(chunkBuf, channels: n, iterations: options.pamrIterations, threads: threads)  // channels past n: unused
+                part = try pamr.refine(chunkBuf, channels: n, iterations: options.pamrIterations, threads: threads)  // channels past n: unused
                 lap("refine")
             }
             for k in 0..<n {
@@ -244,12 +244,12 @@ public final class Segmenter: @unchecked Sendable {
     }
 
     /// PAMR for an image: guide = the normalised rescaled image bilinearly resized to the original size.
-    func makePAMR(_ norm: [Float], rescaledWidth ws: Int, rescaledHeight hs: Int, width w: Int, height h: Int) -> PAMR {
+    func makePAMR(_ norm: [Float], rescaledWidth ws: Int, rescaledHeight hs: Int, width w: Int, height h: Int) throws -> PAMR {
         var guide = [Float](repeating: 0, count: 3 * h * w)
         norm.withUnsafeBufferPointer { src in
             guide.withUnsafeMutableBufferPointer { resizeBilinearCHW(src.baseAddress!, channels: 3, height: hs, width: ws, $0.baseAddress!, outHeight: h, outWidth: w) }
         }
-        return PAMR(guide: guide, height: h, width: w, dilations: options.pamrDilations, threads: threads)
+        return try PAMR(guide: guide, height: h, width: w, dilations: options.pamrDilations, threads: threads)
     }
 
     /// Logits at the original size (averaged windows, then refined): everything before the softmax.
@@ -365,7 +365,7 @@ public final class Segmenter: @unchecked Sendable {
 
     func logits(_ image: RGBImage, queries: [[Float]], keepRaw: Bool, timings: inout [String: Double]) throws -> (SegmentationInternals, [String: Double]) {
         let win = try windowLogits(image, queries: queries, timings: &timings)
-        let (raw, refined) = originalSizeLogits(win, image: image, keepRaw: keepRaw, timings: &timings)
+        let (raw, refined) = try originalSizeLogits(win, image: image, keepRaw: keepRaw, timings: &timings)
         let internals = SegmentationInternals(rawLogits: raw, refinedLogits: refined, rescaled: win.normalised,
                                               rescaledWidth: win.width, rescaledHeight: win.height, windows: win.windows)
         return (internals, timings)
@@ -373,7 +373,7 @@ public final class Segmenter: @unchecked Sendable {
 
     /// Window logits resized to the original size [Q, H, W] and, with PAMR, refined (`raw` is
     /// then emptied unless `keepRaw`).
-    func originalSizeLogits(_ win: WindowLogits, image: RGBImage, keepRaw: Bool, timings: inout [String: Double]) -> (raw: [Float], refined: [Float]?) {
+    func originalSizeLogits(_ win: WindowLogits, image: RGBImage, keepRaw: Bool, timings: inout [String: Double]) throws -> (raw: [Float], refined: [Float]?) {
         var clock = Stopwatch()
         func lap(_ name: String) { clock.lap(name, into: &timings) }
         let q = win.logits.count / (win.height * win.width), (h, w) = (image.height, image.width)
@@ -382,8 +382,8 @@ public final class Segmenter: @unchecked Sendable {
         lap("head")
         var refined: [Float]? = nil
         if options.refine == .pamr {
-            let pamr = makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h)
-            refined = pamr.refine(raw, channels: q, iterations: options.pamrIterations, threads: threads)
+            let pamr = try makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h)
+            refined = try pamr.refine(raw, channels: q, iterations: options.pamrIterations, threads: threads)
             if !keepRaw { raw = [] }
             lap("refine")
         }
@@ -407,7 +407,7 @@ public final class Segmenter: @unchecked Sendable {
         let budget = enterThreads(threads)
         defer { budget.leave() }
         let win = try windowLogits(image, queries: queries, collectFeatures: true, timings: &timings)
-        let (raw, refined) = originalSizeLogits(win, image: image, keepRaw: false, timings: &timings)
+        let (raw, refined) = try originalSizeLogits(win, image: image, keepRaw: false, timings: &timings)
         return (refined ?? raw, win.features!)
     }
 

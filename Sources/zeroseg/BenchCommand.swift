@@ -109,9 +109,9 @@ struct BenchCommand: ParsableCommand {
         if selected.contains("pamr") {
             let guide = Synth.values(name: "pamr-guide", seed: 5, count: 3 * 360 * 480, amplitude: 2)
             let masks = Synth.values(name: "pamr-masks", seed: 6, count: 11 * 360 * 480, amplitude: 1)
-            let pamrT = Bench.best(repeats) {
-                let p = PAMR(guide: guide, height: 360, width: 480, dilations: [8, 16], threads: t)
-                _ = p.refine(masks, channels: 11, iterations: 10, threads: t)
+            let pamrT = try Bench.best(repeats) {
+                let p = try PAMR(guide: guide, height: 360, width: 480, dilations: [8, 16], threads: t)
+                _ = try p.refine(masks, channels: 11, iterations: 10, threads: t)
             }
             report("PAMR (11 classes at 480x360)", pamrT)
         }

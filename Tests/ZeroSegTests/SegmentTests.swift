@@ -47,21 +47,25 @@ import ZeroSegTestSupport
     /// The fast PAMR (channels over threads, contiguous interior, affinity rows over threads) equals the
     /// naive formula exactly; planes past `channels` are left as they are; the affinities do not
     /// depend on the thread count.
-    @Test func pamrEqualsReference() {
+    @Test func pamrEqualsReference() throws {
         let (h, w) = (23, 37)
         let guide = randomFloats(3 * h * w, seed: 7)
         let masks = randomFloats(5 * h * w, seed: 8)
-        let pamr = PAMR(guide: guide, height: h, width: w, dilations: [1, 3, 40], threads: 3)  // 40 > w: all clamped
+        let pamr = try PAMR(guide: guide, height: h, width: w, dilations: [1, 3, 40], threads: 3)  // 40 > w: all clamped
         let want = pamr.refineReference(masks, channels: 5, iterations: 3)
         for threads in [1, 2, 3] {
-            #expect(pamr.refine(masks, channels: 5, iterations: 3, threads: threads) == want)
+            #expect(try pamr.refine(masks, channels: 5, iterations: 3, threads: threads) == want)
         }
-        #expect(pamr.refine(masks, channels: 5, iterations: 0, threads: 2) == masks)
-        let part = pamr.refine(masks, channels: 3, iterations: 2, threads: 2)
+        #expect(try pamr.refine(masks, channels: 5, iterations: 0, threads: 2) == masks)
+        let part = try pamr.refine(masks, channels: 3, iterations: 2, threads: 2)
         #expect(Array(part[0..<(3 * h * w)]) == Array(pamr.refineReference(masks, channels: 3, iterations: 2)[0..<(3 * h * w)]))
         #expect(Array(part[(3 * h * w)...]) == Array(masks[(3 * h * w)...]))
-        let one = PAMR(guide: guide, height: h, width: w, dilations: [1, 3, 40], threads: 1)
-        #expect(one.refine(masks, channels: 5, iterations: 3, threads: 2) == want)
+        let one = try PAMR(guide: guide, height: h, width: w, dilations: [1, 3, 40], threads: 1)
+        #expect(try one.refine(masks, channels: 5, iterations: 3, threads: 2) == want)
+        // input that does not fit throws
+        #expect(throws: ZeroSegError.self) { try PAMR(guide: Array(guide.dropLast()), height: h, width: w, dilations: [1]) }
+        #expect(throws: ZeroSegError.self) { try pamr.refine(Array(masks.dropLast()), channels: 5, iterations: 1) }
+        #expect(throws: ZeroSegError.self) { try pamr.refine(masks, channels: 5, iterations: -1) }
     }
 
     @Test func queryCountMustMatch() throws {
