@@ -2,13 +2,14 @@ import CBLAS
 import Foundation
 
 // Threads. Every public entry point that computes (encoders, segmenters, tuning) takes a `threads`
-// count and runs its body inside `withThreads(threads)`; kernels read that budget on the calling
-// thread (`threadBudget`) and split their work into at most that many parts, partitioned by the
-// shapes and the budget alone (never by timing), with `parallelFor`. Inside a part the budget is
-// 1 (no nested parallelism). OpenBLAS itself always runs single-threaded (`ensureSingleThreadedBLAS`,
+// count and runs its body inside `withThreads(threads)` (or `enterThreads`); kernels read that
+// budget on the calling thread (`threadBudget`) and split their work into at most that many parts,
+// partitioned by the shapes and the budget alone (never by timing), with `parallelFor`. Inside a
+// part the budget is 1 (no nested parallelism). OpenBLAS itself always runs single-threaded (`ensureSingleThreadedBLAS`,
 // set once per process and never changed): no process-global setting is touched per call, so
 // callers on several threads do not disturb each other, and a given input and thread count give
-// the same bits run after run.
+// the same bits run after run. (Code outside zeroseg that changes OpenBLAS's thread count in the
+// same process would undo this; zeroseg never reads it.)
 
 /// All cores, the default thread count; `ZEROSEG_THREADS=N` (a positive integer) overrides it,
 /// so that a whole process (e.g. the test suite, or the CLI's `--threads` default) runs with N.

@@ -202,6 +202,16 @@ final class ThreadResults<T>: @unchecked Sendable {
         #expect(openBLASThreads() == 1, "OpenBLAS runs single-threaded")
     }
 
+    /// `defaultThreads`: ZEROSEG_THREADS when it is a positive integer (scripts/test-conditions.sh
+    /// runs the suite with ZEROSEG_THREADS=1), else all cores.
+    @Test func defaultThreadsHonoursTheEnvironment() {
+        if let s = ProcessInfo.processInfo.environment["ZEROSEG_THREADS"], let n = Int(s), n >= 1 {
+            #expect(defaultThreads == min(n, 256))
+        } else {
+            #expect(defaultThreads == ProcessInfo.processInfo.activeProcessorCount)
+        }
+    }
+
     enum Kind: String, CaseIterable { case nn, nt, tn }
 
     /// c = alpha · op(a) · op(b) + beta · c in Double.
