@@ -72,6 +72,21 @@ public struct LayerTape: Sendable {
     }
 }
 
+/// Work buffers of `EncoderLayer.forward`, reused across the layers of one pass (a large ragged
+/// text batch would otherwise map fresh memory for every layer). Not for concurrent use.
+package final class BlockScratch {
+    enum Slot: Int, CaseIterable { case h, qkv, scores, keys, values, queries, pooledInput, mlp }
+    private var slots = Slot.allCases.map { _ in Buffer(0) }
+
+    package init() {}
+
+    /// The buffer of `slot`, at least `count` floats (contents undefined).
+    func callAsFunction(_ slot: Slot, _ count: Int) -> Buffer {
+        if slots[slot.rawValue].count < count { slots[slot.rawValue] = Buffer(count) }
+        return slots[slot.rawValue]
+    }
+}
+
 extension LayerNorm {
     /// With `mean` and `rstd` ([rows]), also records each row's mean and 1/√(var + eps) (for
     /// backward; one thread, the same arithmetic as without).
@@ -85,48 +100,51 @@ extension EncoderLayer {
     /// The block on x: [R, W] (R = rows of `seqs`), in place; with `pooled`, x is scratch afterwards
     /// and `pooled.out`: [S, W] gets the block's output at one row per sequence. `prefix`: the
     /// q | k | v rows [R', 3W] of this layer kept by an earlier pass, and that pass's sequences
-    /// (`RaggedSequence.prefix` indexes them).
+    /// (`RaggedSequence.prefix` indexes them). `scratch`: work buffers to reuse (default: fresh ones).
     package func forward(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool,
                          prefix: (qkv: ConstFloatPtr, seqs: [RaggedSequence])? = nil,
-                         pooled: (row: PooledRow, out: FloatPtr)? = nil) {
-        _ = run(x, seqs, causal: causal, prefix: prefix, pooled: pooled, record: false)
+                         pooled: (row: PooledRow, out: FloatPtr)? = nil, scratch: BlockScratch? = nil) {
+        _ = run(x, seqs, causal: causal, prefix: prefix, pooled: pooled, keep: .nothing, scratch: scratch ?? BlockScratch())
     }
 
     /// `forward` over all rows, keeping q | k | v: [R, 3W] for sequences that continue these.
     package func forwardKeepingQKV(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool,
-                                   prefix: (qkv: ConstFloatPtr, seqs: [RaggedSequence])? = nil) -> Buffer {
-        run(x, seqs, causal: causal, prefix: prefix, pooled: nil, record: false).qkv
+                                   prefix: (qkv: ConstFloatPtr, seqs: [RaggedSequence])? = nil,
+                                   scratch: BlockScratch? = nil) -> Buffer {
+        run(x, seqs, causal: causal, prefix: prefix, pooled: nil, keep: .qkv, scratch: scratch ?? BlockScratch()).qkv
     }
 
     /// `forward` over all rows (no prefixes), recording what the backward pass needs.
     package func forwardRecording(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool) -> LayerTape {
-        run(x, seqs, causal: causal, prefix: nil, pooled: nil, record: true).tape!
+        run(x, seqs, causal: causal, prefix: nil, pooled: nil, keep: .tape, scratch: BlockScratch()).tape!
     }
+
+    private enum Keep { case nothing, qkv, tape }
 
     private func run(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool,
                      prefix: (qkv: ConstFloatPtr, seqs: [RaggedSequence])?, pooled: (row: PooledRow, out: FloatPtr)?,
-                     record: Bool) -> (qkv: Buffer, tape: LayerTape?) {
+                     keep: Keep, scratch: BlockScratch) -> (qkv: Buffer, tape: LayerTape?) {
+        let record = keep == .tape
         let w = layerNorm1.dim, heads = selfAttn.heads, d = w / heads
         let rows = seqs.reduce(0) { $0 + $1.count }, ns = seqs.count
         let tape = record ? LayerTape(rows: rows, width: w, intermediate: fc1.outFeatures,
                                       probs: seqs.reduce(0) { $0 + heads * $1.count * $1.count }) : nil
         tape?.input.ptr.update(from: x, count: rows * w)
         // h = LN1(x): [R, W]
-        let h = tape?.ln1 ?? Buffer(rows * w)
+        let h = tape?.ln1 ?? scratch(.h, rows * w)
         layerNorm1(x, h.ptr, rows: rows, mean: tape?.ln1Mean.ptr, rstd: tape?.ln1Rstd.ptr)
         // qkv = h · Wqkvᵀ + b: [R, 3W]; pooled: k | v of every row, q[S, W] of the pooled rows only
-        let qkv = tape?.qkv ?? Buffer(rows * 3 * w)
+        let qkv = tape?.qkv ?? (keep == .qkv ? Buffer(rows * 3 * w) : scratch(.qkv, rows * 3 * w))
         let pooledRows = pooled.map { p in seqs.map { p.row == .first ? $0.row : $0.row + $0.count - 1 } } ?? []
-        let q = Buffer(pooled == nil ? 0 : ns * w)
+        let q = scratch(.queries, pooled == nil ? 0 : ns * w)
         if pooled == nil {
             selfAttn.qkv(h.ptr, qkv.ptr, rows: rows)
         } else {
             let wqkv = selfAttn.qkv.weight, bqkv = selfAttn.qkv.bias
             linear(h.ptr, wqkv + w * w, bqkv.map { $0 + w }, qkv.ptr + w, m: rows, n: 2 * w, k: w, ldo: 3 * w)
-            let hp = Buffer(ns * w)
+            let hp = scratch(.pooledInput, ns * w)
             for (si, r) in pooledRows.enumerated() { (hp.ptr + si * w).update(from: h.ptr + r * w, count: w) }
             linear(hp.ptr, wqkv, bqkv, q.ptr, m: ns, n: w, k: w)
-            withExtendedLifetime(hp) {}
         }
         // a = attention output: [R, W], or [S, W] for the pooled rows (into h when nothing is
         // recorded: LN1's output is not needed any more)
@@ -134,9 +152,9 @@ extension EncoderLayer {
         func prefixOf(_ s: RaggedSequence) -> RaggedSequence? { s.prefix.flatMap { i in prefix.map { $0.seqs[i] } } }
         let maxKeys = seqs.map { $0.count + (prefixOf($0)?.count ?? 0) }.max() ?? 1
         let maxQueries = pooled == nil ? (seqs.map(\.count).max() ?? 1) : 1
-        let scores = Buffer(maxQueries * maxKeys)
+        let scores = scratch(.scores, maxQueries * maxKeys)
         let hasPrefix = seqs.contains { prefixOf($0) != nil }
-        let keys = Buffer(hasPrefix ? maxKeys * w : 0), vals = Buffer(hasPrefix ? maxKeys * w : 0)
+        let keys = scratch(.keys, hasPrefix ? maxKeys * w : 0), vals = scratch(.values, hasPrefix ? maxKeys * w : 0)
         let scale = 1 / Float(d).squareRoot()
         var probsOffset = 0
         for (si, s) in seqs.enumerated() {
@@ -175,28 +193,28 @@ extension EncoderLayer {
             }
             probsOffset += heads * nq * nk
         }
-        withExtendedLifetime((q, scores, keys, vals)) {}
         if let pooled {
             // The residual stream of the pooled rows only.
             for (si, r) in pooledRows.enumerated() { (pooled.out + si * w).update(from: x + r * w, count: w) }
             selfAttn.outProj(a, pooled.out, rows: ns, accumulate: true)  // mid = x + a · Woᵀ + bo
-            mlp(pooled.out, rows: ns, scratch: h.ptr)
+            mlp(pooled.out, rows: ns, h: h.ptr, scratch: scratch)
         } else {
             selfAttn.outProj(a, x, rows: rows, accumulate: true)  // mid = x + a · Woᵀ + bo
-            mlp(x, rows: rows, scratch: h.ptr, tape: tape)
+            mlp(x, rows: rows, h: h.ptr, scratch: scratch, tape: tape)
         }
-        withExtendedLifetime((h, aBuf)) {}
+        withExtendedLifetime((h, aBuf, scratch)) {}
         return (qkv, tape)
     }
 
-    /// The MLP half in place on x: [R, W]: x += act(LN2(x) · W1ᵀ + b1) · W2ᵀ + b2. `scratch`: [R, W]
-    /// (unused with a tape, which records x (mid), LN2(x) and its statistics, and fc1's output).
-    package func mlp(_ x: FloatPtr, rows: Int, scratch: FloatPtr, tape: LayerTape? = nil) {
+    /// The MLP half in place on x: [R, W]: x += act(LN2(x) · W1ᵀ + b1) · W2ᵀ + b2. `h`: [R, W] work
+    /// space (unused with a tape, which records x (mid), LN2(x) and its statistics, and fc1's
+    /// output); fc1's output goes to `scratch` (default: a fresh buffer).
+    package func mlp(_ x: FloatPtr, rows: Int, h scratchH: FloatPtr, scratch: BlockScratch? = nil, tape: LayerTape? = nil) {
         let inter = fc1.outFeatures
         tape?.mid.ptr.update(from: x, count: rows * layerNorm2.dim)
-        let h = tape?.ln2.ptr ?? scratch
+        let h = tape?.ln2.ptr ?? scratchH
         layerNorm2(x, h, rows: rows, mean: tape?.ln2Mean.ptr, rstd: tape?.ln2Rstd.ptr)
-        let m = Buffer(rows * inter)
+        let m = scratch?(.mlp, rows * inter) ?? Buffer(rows * inter)
         defer { withExtendedLifetime(m) {} }
         fc1(h, m.ptr, rows: rows)
         tape?.preActivation.ptr.update(from: m.ptr, count: rows * inter)

@@ -121,7 +121,7 @@ extension CLIPModel {
         }
         if method.keepsResidualAndMLP {
             l.selfAttn.outProj(a.ptr, x, rows: rows, accumulate: true)  // x += out_proj(A v)
-            l.mlp(x, rows: rows, scratch: h.ptr)  // x += MLP(LN2 x)
+            l.mlp(x, rows: rows, h: h.ptr)  // x += MLP(LN2 x)
         } else {
             l.selfAttn.outProj(a.ptr, x, rows: rows)  // x = out_proj(A v)
         }

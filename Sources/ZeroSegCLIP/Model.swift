@@ -231,9 +231,9 @@ public final class CLIPModel: @unchecked Sendable {
         }
         visionModel.preLayrnorm(x.ptr, x.ptr, rows: n * t)
         record?("\(prefix).hidden_states.0", [n, t, w], x.ptr)
-        let upTo = layers ?? visionModel.layers.count
+        let upTo = layers ?? visionModel.layers.count, scratch = BlockScratch()
         for (li, layer) in visionModel.layers.prefix(upTo).enumerated() {
-            layer.forward(x.ptr, RaggedSequence.batch(n, tokens: t), causal: false)
+            layer.forward(x.ptr, RaggedSequence.batch(n, tokens: t), causal: false, scratch: scratch)
             record?("\(prefix).hidden_states.\(li + 1)", [n, t, w], x.ptr)
         }
         return (x, gh, gw)

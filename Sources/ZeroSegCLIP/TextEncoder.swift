@@ -90,21 +90,22 @@ extension CLIPModel {
                 for i in 0..<w { dst[i] = e[i] + pe[i] }
             }
         }
-        defer { withExtendedLifetime(x) {} }
+        let scratch = BlockScratch()  // work buffers shared by the layers
+        defer { withExtendedLifetime((x, scratch)) {} }
         let nl = textModel.layers.count
         for (li, l) in textModel.layers.enumerated() {
             let prefix = prefixKV.map { (qkv: ConstFloatPtr($0.0[li].ptr), seqs: $0.1) }
             if pooledOnly && li == nl - 1 {
                 // Last layer: the last tokens only.
                 let xl = Buffer(seqs.count * w)
-                l.forward(x.ptr, seqs, causal: true, prefix: prefix, pooled: (.last, xl.ptr))
+                l.forward(x.ptr, seqs, causal: true, prefix: prefix, pooled: (.last, xl.ptr), scratch: scratch)
                 textModel.finalLayerNorm(xl.ptr, xl.ptr, rows: seqs.count)
                 return xl
             }
             if pooledOnly {
-                l.forward(x.ptr, seqs, causal: true, prefix: prefix)
+                l.forward(x.ptr, seqs, causal: true, prefix: prefix, scratch: scratch)
             } else {
-                keepKV.append(l.forwardKeepingQKV(x.ptr, seqs, causal: true, prefix: prefix))
+                keepKV.append(l.forwardKeepingQKV(x.ptr, seqs, causal: true, prefix: prefix, scratch: scratch))
             }
         }
         if pooledOnly {  // no layers: pool the embeddings
