@@ -3,8 +3,8 @@
 # used from 4 threads at once, the thread budget, the split matrix products) under ThreadSanitizer,
 # in release mode, in its own scratch path (.build-tsan). Fails on any ThreadSanitizer report.
 #
-#   bash scripts/tsan.sh            # the concurrency suites
-#   bash scripts/tsan.sh --filter X # other tests
+#   bash scripts/tsan.sh              # the concurrency suites (~3 min from a warm build)
+#   bash scripts/tsan.sh --filter .   # the whole suite (also clean, ~100 s of tests)
 #
 # No suppressions: libopenblas (not instrumented, called single-threaded from several threads at
 # once) gave no report. A deliberate race (the thread budget as a plain global) is reported.

@@ -2,7 +2,6 @@ import CUTF8Proc
 import ZeroSegCore
 import CZlib
 import Foundation
-import Synchronization
 
 /// OpenAI CLIP's byte-level BPE tokenizer, exactly as open_clip 3.3.0 runs it
 /// (`open_clip.tokenizer.SimpleTokenizer` with the default "lower" clean, and
@@ -14,7 +13,7 @@ import Synchronization
 /// (regex module, IGNORECASE) -> UTF-8 bytes -> byte-to-unicode symbols -> BPE by merge
 /// rank with `</w>` on the last symbol of a word.
 ///
-/// Thread-safe: the only mutable state, the word cache, is behind a `Mutex`.
+/// Thread-safe: the only mutable state, the word cache, is behind a lock (`Locked`).
 public final class Tokenizer: Sendable {
     public static let startToken: Int32 = 49406
     public static let endToken: Int32 = 49407
@@ -38,7 +37,7 @@ public final class Tokenizer: Sendable {
     private let byteIDEnd: [Int32]
     /// (left id << 32 | right id) -> (rank << 32 | merged id)
     private let mergeTable: [UInt64: UInt64]
-    private let cache = Mutex<[[UInt8]: [Int32]]>([:])
+    private let cache = Locked<[[UInt8]: [Int32]]>([:])
     private static let cacheLimit = 100_000
 
     // MARK: - Loading
