@@ -86,5 +86,5 @@ extension Synth {
 
 func writeJSON(_ obj: Any, to url: URL) throws {
     let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
-    try writeAtomically(data, to: url)
+    try writeDataAtomically(data, to: url)
 }

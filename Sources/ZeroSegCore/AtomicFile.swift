@@ -97,8 +97,3 @@ public func writeAtomically(to url: URL, what: String = "file", _ body: (FileHan
         try body(h)
     }
 }
-
-/// `writeDataAtomically` under its older name.
-public func writeAtomically(_ data: Data, to url: URL, what: String = "file") throws {
-    try writeDataAtomically(data, to: url, what: what)
-}

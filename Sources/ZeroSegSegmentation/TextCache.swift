@@ -35,7 +35,7 @@ public final class TextEmbeddingCache: @unchecked Sendable {
     public func store(_ v: [Float], name: String, templates: [String]) {
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            try v.withUnsafeBytes { try writeAtomically(Data($0), to: url(name: name, templates: templates)) }
+            try v.withUnsafeBytes { try writeDataAtomically(Data($0), to: url(name: name, templates: templates)) }
         } catch {}
     }
 }
@@ -83,7 +83,7 @@ public final class FeatureCache: @unchecked Sendable {
         words += g.data.map(\.bitPattern)
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            try words.map(\.littleEndian).withUnsafeBytes { try writeAtomically(Data($0), to: url(image)) }
+            try words.map(\.littleEndian).withUnsafeBytes { try writeDataAtomically(Data($0), to: url(image)) }
         } catch {}
     }
 }
