@@ -70,22 +70,18 @@ extension CLIPModel {
         return (Synth.values(name: "coop-ctx", seed: seed, count: count * w, amplitude: 0.02 * 3.0.squareRoot()), count)
     }
 
-    /// Normalised class embeddings [names][P] from CoOp prompts with the learned context, and the
-    /// tapes for backward.
-    func promptEmbeddings(_ names: [String], _ p: LearnedPrompts, threads: Int) throws -> [(embedding: [Float], tape: TextTape, prompt: CoOpPrompt)] {
-        try names.map { name in
-            let pr = try coopPrompt(name: name, contextLength: p.contextLength)
-            let x0 = try textInputs(pr, context: p.context)
-            let tape = try textForward(inputs: x0, tokens: pr.tokens.count, pool: pr.pool, threads: threads)
-            var e = tape.embedding
-            l2Normalize(&e)
-            return (e, tape, pr)
-        }
+    /// Normalised class embeddings [names][P] from CoOp prompts with the learned context (all
+    /// prompts in one ragged batch, `textForward(batch:)`), the tape for backward and the prompts.
+    func promptEmbeddings(_ names: [String], _ p: LearnedPrompts, threads: Int) throws -> (embeddings: [[Float]], tape: TextBatchTape, prompts: [CoOpPrompt]) {
+        let prompts = try names.map { try coopPrompt(name: $0, contextLength: p.contextLength) }
+        let tape = try textForward(batch: try prompts.map { try textInputs($0, context: p.context) }, pools: prompts.map(\.pool), threads: threads)
+        let e = tape.embeddings.map { v -> [Float] in var v = v; l2Normalize(&v); return v }
+        return (e, tape, prompts)
     }
 
     /// Query embeddings [Q][P] for a class set under learned prompts (one CoOp prompt per name).
     public func promptQueries(_ set: ClassSet, prompts p: LearnedPrompts, threads: Int = defaultThreads) throws -> [[Float]] {
-        try promptEmbeddings(set.queries.map(\.name), p, threads: threads).map(\.embedding)
+        try promptEmbeddings(set.queries.map(\.name), p, threads: threads).embeddings
     }
 }
 
@@ -161,7 +157,7 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
     defer { budget.leave() }
     let d = p.dim, cs = seenNames.count, s = p.scale
     let text = try model.promptEmbeddings(seenNames, p, threads: threads)
-    let t = text.flatMap(\.embedding)  // [Cs, P]
+    let t = text.embeddings.flatMap { $0 }  // [Cs, P]
     var dT = [Float](repeating: 0, count: cs * d)
     var dA = [Float](repeating: 0, count: d * d), da = [Float](repeating: 0, count: d)
     var dSigma: Float = 0
@@ -220,13 +216,17 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
         }
         for r in 0..<g { for j in 0..<d { da[j] += dPre[r * d + j] } }
     }
-    // Text: t_c = e_c / ‖e_c‖ → e → x0 → context rows
+    // Text: t_c = e_c / ‖e_c‖ → e → x0 → context rows (all prompts in one batched backward)
     let wt = p.textWidth
-    for (c, item) in text.enumerated() where gradients {
-        let dE = try l2NormalizeBackward(item.tape.embedding, grad: Array(dT[(c * d)..<((c + 1) * d)]))
-        let dX = try model.textBackward(item.tape, gradEmbedding: dE, threads: threads)
-        for (k, pos) in item.prompt.ctxRange.enumerated() {
-            for j in 0..<wt { dCtx[k * wt + j] += dX[pos * wt + j] }
+    if gradients {
+        let dE = try text.tape.embeddings.indices.map { c in
+            try l2NormalizeBackward(text.tape.embeddings[c], grad: Array(dT[(c * d)..<((c + 1) * d)]))
+        }
+        let dX = try model.textBackward(text.tape, gradEmbeddings: dE, threads: threads)
+        for (c, prompt) in text.prompts.enumerated() {
+            for (k, pos) in prompt.ctxRange.enumerated() {
+                for j in 0..<wt { dCtx[k * wt + j] += dX[c][pos * wt + j] }
+            }
         }
     }
     return TuneGradients(loss: Float(loss / Double(total)), pixels: total, context: dCtx, adapter: dA, adapterBias: da,
@@ -318,7 +318,7 @@ public func tunePredict(model: CLIPModel, prompts p: LearnedPrompts, names: [Str
     let budget = enterThreads(threads)
     defer { budget.leave() }
     let d = p.dim, cs = names.count, g = ex.features.height * ex.features.width
-    let t = try model.promptEmbeddings(names, p, threads: threads).flatMap(\.embedding)
+    let t = try model.promptEmbeddings(names, p, threads: threads).embeddings.flatMap { $0 }
     let u = applyAdapter(ex.features.data, rows: g, p).u
     var z = [Float](repeating: 0, count: cs * g)
     gemmNT(t, lda: d, u, ldb: d, &z, ldc: g, m: cs, n: g, k: d, alpha: p.scale)
