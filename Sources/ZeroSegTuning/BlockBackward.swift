@@ -127,9 +127,14 @@ package func activationBackward(_ x: ConstFloatPtr, _ g: FloatPtr, count n: Int,
 /// (row sums in Double; rows split over the thread budget when many).
 func layerNormBackward(_ ln: LayerNorm, x: ConstFloatPtr, mean: ConstFloatPtr, rstd: ConstFloatPtr,
                        dy: ConstFloatPtr, dx: FloatPtr, rows: Int) {
-    let c = ln.dim
+    layerNormBackward(weight: ln.weight, cols: ln.dim, x: x, mean: mean, rstd: rstd, dy: dy, dx: dx, rows: rows)
+}
+
+/// `layerNormBackward` for a layer norm given by its weight [C].
+func layerNormBackward(weight: ConstFloatPtr, cols c: Int, x: ConstFloatPtr, mean: ConstFloatPtr, rstd: ConstFloatPtr,
+                       dy: ConstFloatPtr, dx: FloatPtr, rows: Int) {
     let nt = rows * c >= 1 << 15 ? min(threadBudget, rows) : 1
-    nonisolated(unsafe) let (xp, mp, rp, dyp, dxp, wp) = (x, mean, rstd, dy, dx, ln.weight)
+    nonisolated(unsafe) let (xp, mp, rp, dyp, dxp, wp) = (x, mean, rstd, dy, dx, weight)
     parallelFor(max(nt, 1)) { part in
         for r in (rows * part / nt)..<(rows * (part + 1) / nt) {
             let xr = xp + r * c, gr = dyp + r * c, dr = dxp + r * c
