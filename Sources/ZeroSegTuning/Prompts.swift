@@ -71,12 +71,17 @@ extension CLIPModel {
     }
 
     /// Normalised class embeddings [names][P] from CoOp prompts with the learned context (all
-    /// prompts in one ragged batch, `textForward(batch:)`), the tape for backward and the prompts.
-    func promptEmbeddings(_ names: [String], _ p: LearnedPrompts, threads: Int) throws -> (embeddings: [[Float]], tape: TextBatchTape, prompts: [CoOpPrompt]) {
+    /// prompts in one ragged batch, `textForward(batch:)`; with `oneAtATime`, one forward pass per
+    /// prompt, for timing comparisons), the tapes for backward (one, or one per prompt) and the prompts.
+    func promptEmbeddings(_ names: [String], _ p: LearnedPrompts, threads: Int, oneAtATime: Bool = false) throws
+        -> (embeddings: [[Float]], tapes: [TextBatchTape], prompts: [CoOpPrompt]) {
         let prompts = try names.map { try coopPrompt(name: $0, contextLength: p.contextLength) }
-        let tape = try textForward(batch: try prompts.map { try textInputs($0, context: p.context) }, pools: prompts.map(\.pool), threads: threads)
-        let e = tape.embeddings.map { v -> [Float] in var v = v; l2Normalize(&v); return v }
-        return (e, tape, prompts)
+        let x0s = try prompts.map { try textInputs($0, context: p.context) }
+        let tapes = oneAtATime
+            ? try zip(x0s, prompts).map { try textForward(batch: [$0], pools: [$1.pool], threads: threads) }
+            : [try textForward(batch: x0s, pools: prompts.map(\.pool), threads: threads)]
+        let e = tapes.flatMap(\.embeddings).map { v -> [Float] in var v = v; l2Normalize(&v); return v }
+        return (e, tapes, prompts)
     }
 
     /// Query embeddings [Q][P] for a class set under learned prompts (one CoOp prompt per name).
@@ -153,10 +158,18 @@ public struct TuneGradients: Sendable {
 /// when `gradients` is false: the forward pass only), computed with `threads` threads.
 public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, seenNames: [String],
                                  batch: [TuneExample], gradients: Bool = true, threads: Int = defaultThreads) throws -> TuneGradients {
+    try tuneLossAndGradients(model: model, prompts: p, seenNames: seenNames, batch: batch, gradients: gradients, threads: threads,
+                             textOneAtATime: false)
+}
+
+/// `tuneLossAndGradients`; with `textOneAtATime`, the text tower runs forward and backward one
+/// prompt at a time (the structure before the batched text passes; for `zeroseg bench`'s comparison).
+package func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, seenNames: [String], batch: [TuneExample],
+                                  gradients: Bool, threads: Int, textOneAtATime: Bool) throws -> TuneGradients {
     let budget = enterThreads(threads)
     defer { budget.leave() }
     let d = p.dim, cs = seenNames.count, s = p.scale
-    let text = try model.promptEmbeddings(seenNames, p, threads: threads)
+    let text = try model.promptEmbeddings(seenNames, p, threads: threads, oneAtATime: textOneAtATime)
     let t = text.embeddings.flatMap { $0 }  // [Cs, P]
     var dT = [Float](repeating: 0, count: cs * d)
     var dA = [Float](repeating: 0, count: d * d), da = [Float](repeating: 0, count: d)
@@ -218,16 +231,18 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
     }
     // Text: t_c = e_c / ‖e_c‖ → e → x0 → context rows (all prompts in one batched backward)
     let wt = p.textWidth
-    if gradients {
-        let dE = try text.tape.embeddings.indices.map { c in
-            try l2NormalizeBackward(text.tape.embeddings[c], grad: Array(dT[(c * d)..<((c + 1) * d)]))
+    var c0 = 0
+    for tape in text.tapes where gradients {
+        let dE = try tape.embeddings.indices.map { i in
+            try l2NormalizeBackward(tape.embeddings[i], grad: Array(dT[((c0 + i) * d)..<((c0 + i + 1) * d)]))
         }
-        let dX = try model.textBackward(text.tape, gradEmbeddings: dE, threads: threads)
-        for (c, prompt) in text.prompts.enumerated() {
-            for (k, pos) in prompt.ctxRange.enumerated() {
-                for j in 0..<wt { dCtx[k * wt + j] += dX[c][pos * wt + j] }
+        let dX = try model.textBackward(tape, gradEmbeddings: dE, threads: threads)
+        for (i, dx) in dX.enumerated() {
+            for (k, pos) in text.prompts[c0 + i].ctxRange.enumerated() {
+                for j in 0..<wt { dCtx[k * wt + j] += dx[pos * wt + j] }
             }
         }
+        c0 += tape.embeddings.count
     }
     return TuneGradients(loss: Float(loss / Double(total)), pixels: total, context: dCtx, adapter: dA, adapterBias: da,
                          logScale: dSigma)
