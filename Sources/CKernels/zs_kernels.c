@@ -36,6 +36,29 @@ static void gelu_tanh_portable(float *x, size_t n) {
     }
 }
 
+// Backward of the activations: g[i] *= f'(x[i]) (x: the activation's input).
+static void quick_gelu_grad_portable(const float *x, float *g, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i], s = 1.0f / (1.0f + expf(-1.702f * v));
+        g[i] *= s * (1.0f + 1.702f * v * (1.0f - s));
+    }
+}
+
+static void gelu_erf_grad_portable(const float *x, float *g, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        g[i] *= 0.5f * (1.0f + erff(v * 0.70710678118654752f)) + v * expf(-0.5f * v * v) * 0.39894228040143268f;
+    }
+}
+
+static void gelu_tanh_grad_portable(const float *x, float *g, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i], v2 = v * v;
+        float t = tanhf(0.79788456080286536f * (v + 0.044715f * v2 * v));
+        g[i] *= 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * 0.79788456080286536f * (1.0f + 3.0f * 0.044715f * v2);
+    }
+}
+
 // ZS_KERNELS_PORTABLE_ONLY (a compile-time define, for checking that build on x86-64) leaves the
 // vector builds out, as on other architectures.
 #if defined(__x86_64__) && !defined(ZS_KERNELS_PORTABLE_ONLY)
@@ -130,6 +153,44 @@ ZS_AVX2 static void gelu_tanh_avx2(float *x, size_t n) {
     }
 }
 
+// g *= f'(x), 8 lanes at a time, the tail by the portable kernel.
+#define ZS_AVX2_GRAD(name, body)                                                        \
+    ZS_AVX2 static void name##_avx2(const float *x, float *g, size_t n) {              \
+        size_t i = 0;                                                                  \
+        for (; i + 8 <= n; i += 8) {                                                   \
+            __m256 v = _mm256_loadu_ps(x + i);                                         \
+            _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), body));      \
+        }                                                                              \
+        name##_portable(x + i, g + i, n - i);                                          \
+    }
+
+ZS_AVX2 static inline __m256 quick_gelu_grad8(__m256 v) {
+    const __m256 one = _mm256_set1_ps(1.0f), k = _mm256_set1_ps(1.702f);
+    __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, _ZGVdN8v_expf(_mm256_mul_ps(_mm256_set1_ps(-1.702f), v))));
+    return _mm256_mul_ps(s, _mm256_fmadd_ps(_mm256_mul_ps(k, v), _mm256_sub_ps(one, s), one));
+}
+
+ZS_AVX2 static inline __m256 gelu_erf_grad8(__m256 v) {
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    __m256 cdf = _mm256_mul_ps(half, _mm256_add_ps(one, _ZGVdN8v_erff(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)))));
+    __m256 pdf = _mm256_mul_ps(_mm256_set1_ps(0.39894228040143268f), _ZGVdN8v_expf(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(v, v))));
+    return _mm256_fmadd_ps(v, pdf, cdf);
+}
+
+ZS_AVX2 static inline __m256 gelu_tanh_grad8(__m256 v) {
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), c = _mm256_set1_ps(0.79788456080286536f);
+    __m256 v2 = _mm256_mul_ps(v, v);
+    __m256 t = _ZGVdN8v_tanhf(_mm256_mul_ps(c, _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), v2), v, v)));
+    __m256 dinner = _mm256_mul_ps(c, _mm256_fmadd_ps(_mm256_set1_ps(3.0f * 0.044715f), v2, one));
+    __m256 left = _mm256_mul_ps(half, _mm256_add_ps(one, t));
+    __m256 right = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_fnmadd_ps(t, t, one)), dinner);
+    return _mm256_add_ps(left, right);
+}
+
+ZS_AVX2_GRAD(quick_gelu_grad, quick_gelu_grad8(v))
+ZS_AVX2_GRAD(gelu_erf_grad, gelu_erf_grad8(v))
+ZS_AVX2_GRAD(gelu_tanh_grad, gelu_tanh_grad8(v))
+
 // MARK: - AVX-512 (glibc libmvec, 16 floats; tails through masks)
 
 ZS_AVX512 __m512 _ZGVeN16v_expf(__m512 x);
@@ -203,6 +264,48 @@ ZS_AVX512 static inline __m512 gelu_tanh16(__m512 v) {
 ZS_AVX512_MAP(quick_gelu_avx512, quick_gelu16(v))
 ZS_AVX512_MAP(gelu_erf_avx512, gelu_erf16(v))
 ZS_AVX512_MAP(gelu_tanh_avx512, gelu_tanh16(v))
+
+// g *= f'(x), 16 lanes at a time, the tail through a mask.
+#define ZS_AVX512_GRAD(name, body)                                                      \
+    ZS_AVX512 static void name##_avx512(const float *x, float *g, size_t n) {          \
+        size_t i = 0;                                                                  \
+        for (; i + 16 <= n; i += 16) {                                                 \
+            __m512 v = _mm512_loadu_ps(x + i);                                         \
+            _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_loadu_ps(g + i), body));      \
+        }                                                                              \
+        if (i < n) {                                                                   \
+            __mmask16 k = tail_mask(n - i);                                            \
+            __m512 v = _mm512_maskz_loadu_ps(k, x + i);                                \
+            _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + i), body)); \
+        }                                                                              \
+    }
+
+ZS_AVX512 static inline __m512 quick_gelu_grad16(__m512 v) {
+    const __m512 one = _mm512_set1_ps(1.0f), k = _mm512_set1_ps(1.702f);
+    __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, _ZGVeN16v_expf(_mm512_mul_ps(_mm512_set1_ps(-1.702f), v))));
+    return _mm512_mul_ps(s, _mm512_fmadd_ps(_mm512_mul_ps(k, v), _mm512_sub_ps(one, s), one));
+}
+
+ZS_AVX512 static inline __m512 gelu_erf_grad16(__m512 v) {
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    __m512 cdf = _mm512_mul_ps(half, _mm512_add_ps(one, _ZGVeN16v_erff(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)))));
+    __m512 pdf = _mm512_mul_ps(_mm512_set1_ps(0.39894228040143268f), _ZGVeN16v_expf(_mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_mul_ps(v, v))));
+    return _mm512_fmadd_ps(v, pdf, cdf);
+}
+
+ZS_AVX512 static inline __m512 gelu_tanh_grad16(__m512 v) {
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f), c = _mm512_set1_ps(0.79788456080286536f);
+    __m512 v2 = _mm512_mul_ps(v, v);
+    __m512 t = _ZGVeN16v_tanhf(_mm512_mul_ps(c, _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v2), v, v)));
+    __m512 dinner = _mm512_mul_ps(c, _mm512_fmadd_ps(_mm512_set1_ps(3.0f * 0.044715f), v2, one));
+    __m512 left = _mm512_mul_ps(half, _mm512_add_ps(one, t));
+    __m512 right = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_fnmadd_ps(t, t, one)), dinner);
+    return _mm512_add_ps(left, right);
+}
+
+ZS_AVX512_GRAD(quick_gelu_grad, quick_gelu_grad16(v))
+ZS_AVX512_GRAD(gelu_erf_grad, gelu_erf_grad16(v))
+ZS_AVX512_GRAD(gelu_tanh_grad, gelu_tanh_grad16(v))
 
 int zs_cpu_has_avx2_fma(void) {
     __builtin_cpu_init();
@@ -302,3 +405,10 @@ void zs_softmax_row_at(int level, float *row, int m, int n) { ZS_DISPATCH(runnab
 void zs_quick_gelu_at(int level, float *x, size_t n) { ZS_DISPATCH(runnable(level), quick_gelu, x, n) }
 void zs_gelu_erf_at(int level, float *x, size_t n) { ZS_DISPATCH(runnable(level), gelu_erf, x, n) }
 void zs_gelu_tanh_at(int level, float *x, size_t n) { ZS_DISPATCH(runnable(level), gelu_tanh, x, n) }
+
+void zs_quick_gelu_grad(const float *x, float *g, size_t n) { ZS_DISPATCH(zs_kernels_level(), quick_gelu_grad, x, g, n) }
+void zs_gelu_erf_grad(const float *x, float *g, size_t n) { ZS_DISPATCH(zs_kernels_level(), gelu_erf_grad, x, g, n) }
+void zs_gelu_tanh_grad(const float *x, float *g, size_t n) { ZS_DISPATCH(zs_kernels_level(), gelu_tanh_grad, x, g, n) }
+void zs_quick_gelu_grad_at(int level, const float *x, float *g, size_t n) { ZS_DISPATCH(runnable(level), quick_gelu_grad, x, g, n) }
+void zs_gelu_erf_grad_at(int level, const float *x, float *g, size_t n) { ZS_DISPATCH(runnable(level), gelu_erf_grad, x, g, n) }
+void zs_gelu_tanh_grad_at(int level, const float *x, float *g, size_t n) { ZS_DISPATCH(runnable(level), gelu_tanh_grad, x, g, n) }

@@ -44,11 +44,13 @@ package enum PooledRow: Sendable {
 }
 
 /// What the backward pass needs from the forward pass of one layer (`EncoderLayer.forwardRecording`).
+/// The layer norms' outputs are not kept (the backward pass needs no weight gradients, and the
+/// input gradient of a layer norm needs only its input and per-row statistics).
 public struct LayerTape: Sendable {
     /// x: [R, W], the layer's input (residual stream).
     public let input: Buffer
-    /// LN1(x): [R, W]; per-row mean and 1/√(var + eps): [R].
-    public let ln1: Buffer, ln1Mean: Buffer, ln1Rstd: Buffer
+    /// Per-row mean and 1/√(var + eps) of LN1(x): [R].
+    public let ln1Mean: Buffer, ln1Rstd: Buffer
     /// q | k | v: [R, 3W] (heads contiguous inside each).
     public let qkv: Buffer
     /// Attention probabilities, per sequence of T rows [H, T, T] (one after the other); causal:
@@ -56,20 +58,23 @@ public struct LayerTape: Sendable {
     public let probs: Buffer
     /// x + attention output (the input of LN2): [R, W].
     public let mid: Buffer
-    /// LN2(mid): [R, W]; per-row mean and 1/√(var + eps): [R].
-    public let ln2: Buffer, ln2Mean: Buffer, ln2Rstd: Buffer
+    /// Per-row mean and 1/√(var + eps) of LN2(mid): [R].
+    public let ln2Mean: Buffer, ln2Rstd: Buffer
     /// fc1 output before the activation: [R, I].
     public let preActivation: Buffer
 
     init(rows r: Int, width w: Int, intermediate i: Int, probs: Int) {
         input = Buffer(r * w)
-        ln1 = Buffer(r * w); ln1Mean = Buffer(r); ln1Rstd = Buffer(r)
+        ln1Mean = Buffer(r); ln1Rstd = Buffer(r)
         qkv = Buffer(r * 3 * w)
         self.probs = Buffer(probs)
         mid = Buffer(r * w)
-        ln2 = Buffer(r * w); ln2Mean = Buffer(r); ln2Rstd = Buffer(r)
+        ln2Mean = Buffer(r); ln2Rstd = Buffer(r)
         preActivation = Buffer(r * i)
     }
+
+    /// Floats held by the tape.
+    public var floats: Int { input.count + 2 * ln1Mean.count + qkv.count + probs.count + mid.count + 2 * ln2Mean.count + preActivation.count }
 }
 
 /// Work buffers of `EncoderLayer.forward`, reused across the layers of one pass (a large ragged
@@ -89,10 +94,15 @@ package final class BlockScratch {
 
 extension LayerNorm {
     /// With `mean` and `rstd` ([rows]), also records each row's mean and 1/√(var + eps) (for
-    /// backward; one thread, the same arithmetic as without).
+    /// backward; the same arithmetic as without, rows split over the thread budget when many).
     package func callAsFunction(_ x: ConstFloatPtr, _ out: FloatPtr, rows: Int, mean: FloatPtr?, rstd: FloatPtr?) {
         guard let mean, let rstd else { return self(x, out, rows: rows) }
-        layerNormRows(x, weight, bias, out, rows: 0..<rows, cols: dim, eps: eps, mean: mean, rstd: rstd)
+        let nt = rows * dim >= 1 << 15 ? min(threadBudget, rows) : 1
+        nonisolated(unsafe) let (xp, op, mp, rp) = (x, out, mean, rstd)
+        let (w, b, c, e) = (weight, bias, dim, eps)
+        parallelFor(nt) { i in
+            layerNormRows(xp, w, b, op, rows: (rows * i / nt)..<(rows * (i + 1) / nt), cols: c, eps: e, mean: mp, rstd: rp)
+        }
     }
 }
 
@@ -114,9 +124,11 @@ extension EncoderLayer {
         run(x, seqs, causal: causal, prefix: prefix, pooled: nil, keep: .qkv, scratch: scratch ?? BlockScratch()).qkv
     }
 
-    /// `forward` over all rows (no prefixes), recording what the backward pass needs.
-    package func forwardRecording(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool) -> LayerTape {
-        run(x, seqs, causal: causal, prefix: nil, pooled: nil, keep: .tape, scratch: BlockScratch()).tape!
+    /// `forward` over all rows (no prefixes), recording what the backward pass needs. Attention
+    /// runs per (sequence, head), split over the thread budget (each pair computed the same way
+    /// whatever the split).
+    package func forwardRecording(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool, scratch: BlockScratch? = nil) -> LayerTape {
+        run(x, seqs, causal: causal, prefix: nil, pooled: nil, keep: .tape, scratch: scratch ?? BlockScratch()).tape!
     }
 
     private enum Keep { case nothing, qkv, tape }
@@ -131,7 +143,7 @@ extension EncoderLayer {
                                       probs: seqs.reduce(0) { $0 + heads * $1.count * $1.count }) : nil
         tape?.input.ptr.update(from: x, count: rows * w)
         // h = LN1(x): [R, W]
-        let h = tape?.ln1 ?? scratch(.h, rows * w)
+        let h = scratch(.h, rows * w)
         layerNorm1(x, h.ptr, rows: rows, mean: tape?.ln1Mean.ptr, rstd: tape?.ln1Rstd.ptr)
         // qkv = h · Wqkvᵀ + b: [R, 3W]; pooled: k | v of every row, q[S, W] of the pooled rows only
         let qkv = tape?.qkv ?? (keep == .qkv ? Buffer(rows * 3 * w) : scratch(.qkv, rows * 3 * w))
@@ -146,9 +158,9 @@ extension EncoderLayer {
             for (si, r) in pooledRows.enumerated() { (hp.ptr + si * w).update(from: h.ptr + r * w, count: w) }
             linear(hp.ptr, wqkv, bqkv, q.ptr, m: ns, n: w, k: w)
         }
-        // a = attention output: [R, W], or [S, W] for the pooled rows (into h when nothing is
-        // recorded: LN1's output is not needed any more)
-        let aBuf = tape == nil ? h : Buffer(rows * w), a = aBuf.ptr
+        // a = attention output: [R, W], or [S, W] for the pooled rows (into h: LN1's output is not
+        // needed any more)
+        let aBuf = h, a = aBuf.ptr
         func prefixOf(_ s: RaggedSequence) -> RaggedSequence? { s.prefix.flatMap { i in prefix.map { $0.seqs[i] } } }
         let maxKeys = seqs.map { $0.count + (prefixOf($0)?.count ?? 0) }.max() ?? 1
         let maxQueries = pooled == nil ? (seqs.map(\.count).max() ?? 1) : 1
@@ -156,8 +168,26 @@ extension EncoderLayer {
         let hasPrefix = seqs.contains { prefixOf($0) != nil }
         let keys = scratch(.keys, hasPrefix ? maxKeys * w : 0), vals = scratch(.values, hasPrefix ? maxKeys * w : 0)
         let scale = 1 / Float(d).squareRoot()
-        var probsOffset = 0
-        for (si, s) in seqs.enumerated() {
+        if let tape {
+            var probsOffset = 0
+            // Recording (all rows, no prefix): every (sequence, head) pair on its own, split over
+            // the thread budget; probabilities straight into the tape.
+            var offsets: [Int] = []
+            for s in seqs { offsets.append(probsOffset); probsOffset += heads * s.count * s.count }
+            let items = ns * heads, nt = min(threadBudget, items)
+            nonisolated(unsafe) let (qkvP, aP, probsP) = (ConstFloatPtr(qkv.ptr), a, tape.probs.ptr)
+            parallelFor(nt) { part in
+                for item in (items * part / nt)..<(items * (part + 1) / nt) {
+                    let s = seqs[item / heads], hd = item % heads, t = s.count
+                    let own = qkvP + s.row * 3 * w, p = probsP + offsets[item / heads] + hd * t * t
+                    // p[T, T] = q_h k_hᵀ · scale, softmax per row; out[:, h] = p · v_h
+                    gemmNT(own + hd * d, lda: 3 * w, own + w + hd * d, ldb: 3 * w, p, ldc: t, m: t, n: t, k: d, alpha: scale)
+                    for r in 0..<t { zs_softmax_row(p + r * t, Int32(causal ? r + 1 : t), Int32(t)) }
+                    gemmNN(p, lda: t, own + 2 * w + hd * d, ldb: 3 * w, aP + s.row * w + hd * d, ldc: w, m: t, n: d, k: t)
+                }
+            }
+        }
+        for (si, s) in seqs.enumerated() where tape == nil {
             let own = qkv.ptr + s.row * 3 * w
             let ps = prefixOf(s)
             if pooled == nil && ps == nil && tape == nil {
@@ -186,12 +216,11 @@ extension EncoderLayer {
             for hd in 0..<heads {
                 // p[nq, nk] = q_h k_hᵀ · scale, softmax per row (causal: up to the row's own position);
                 // out[:, h] = p · v_h
-                let p = tape.map { $0.probs.ptr + probsOffset + hd * nq * nk } ?? scores.ptr
+                let p = scores.ptr
                 gemmNT(qp + hd * d, lda: ldq, kp + hd * d, ldb: ld, p, ldc: nk, m: nq, n: nk, k: d, alpha: scale)
                 for r in 0..<nq { zs_softmax_row(p + r * nk, Int32(causal ? np + q0 + r + 1 : nk), Int32(nk)) }
                 gemmNN(p, lda: nk, vp + hd * d, ldb: ld, out + hd * d, ldc: w, m: nq, n: d, k: nk)
             }
-            probsOffset += heads * nq * nk
         }
         if let pooled {
             // The residual stream of the pooled rows only.
@@ -207,12 +236,12 @@ extension EncoderLayer {
     }
 
     /// The MLP half in place on x: [R, W]: x += act(LN2(x) · W1ᵀ + b1) · W2ᵀ + b2. `h`: [R, W] work
-    /// space (unused with a tape, which records x (mid), LN2(x) and its statistics, and fc1's
-    /// output); fc1's output goes to `scratch` (default: a fresh buffer).
+    /// space; a tape records x (mid), LN2's statistics and fc1's output; fc1's output goes to
+    /// `scratch` (default: a fresh buffer).
     package func mlp(_ x: FloatPtr, rows: Int, h scratchH: FloatPtr, scratch: BlockScratch? = nil, tape: LayerTape? = nil) {
         let inter = fc1.outFeatures
         tape?.mid.ptr.update(from: x, count: rows * layerNorm2.dim)
-        let h = tape?.ln2.ptr ?? scratchH
+        let h = scratchH
         layerNorm2(x, h, rows: rows, mean: tape?.ln2Mean.ptr, rstd: tape?.ln2Rstd.ptr)
         let m = scratch?(.mlp, rows * inter) ?? Buffer(rows * inter)
         defer { withExtendedLifetime(m) {} }

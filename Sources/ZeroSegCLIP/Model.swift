@@ -197,6 +197,20 @@ public final class CLIPModel: @unchecked Sendable {
                              threads: Int = defaultThreads, record: StageRecorder? = nil, prefix: String = "vision") throws -> (Buffer, gh: Int, gw: Int) {
         let budget = enterThreads(threads)
         defer { budget.leave() }
+        let (x, gh, gw) = try visionEmbeddings(pixels: pixels, batch: n, height: height, width: width)
+        let w = config.vision.hiddenSize, t = gh * gw + 1
+        record?("\(prefix).hidden_states.0", [n, t, w], x.ptr)
+        let upTo = layers ?? visionModel.layers.count, scratch = BlockScratch()
+        for (li, layer) in visionModel.layers.prefix(upTo).enumerated() {
+            layer.forward(x.ptr, RaggedSequence.batch(n, tokens: t), causal: false, scratch: scratch)
+            record?("\(prefix).hidden_states.\(li + 1)", [n, t, w], x.ptr)
+        }
+        return (x, gh, gw)
+    }
+
+    /// The vision tower's input: x0 = pre_layrnorm(class / patch embeddings + position embeddings)
+    /// [N, 1 + gh·gw, W] for pixels [N, 3, H, W] (see `visionHidden`), with the caller's thread budget.
+    package func visionEmbeddings(pixels: ConstFloatPtr, batch n: Int, height: Int, width: Int) throws -> (Buffer, gh: Int, gw: Int) {
         let c = config.vision, w = c.hiddenSize, p = c.patchSize
         let gh = height / p, gw = width / p
         guard gh > 0, gw > 0 else { throw ZeroSegError("image of \(width)x\(height) is smaller than one \(p)x\(p) patch") }
@@ -230,12 +244,6 @@ public final class CLIPModel: @unchecked Sendable {
             }
         }
         visionModel.preLayrnorm(x.ptr, x.ptr, rows: n * t)
-        record?("\(prefix).hidden_states.0", [n, t, w], x.ptr)
-        let upTo = layers ?? visionModel.layers.count, scratch = BlockScratch()
-        for (li, layer) in visionModel.layers.prefix(upTo).enumerated() {
-            layer.forward(x.ptr, RaggedSequence.batch(n, tokens: t), causal: false, scratch: scratch)
-            record?("\(prefix).hidden_states.\(li + 1)", [n, t, w], x.ptr)
-        }
         return (x, gh, gw)
     }
 

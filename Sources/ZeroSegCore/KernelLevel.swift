@@ -51,4 +51,13 @@ public enum KernelLevel: String, Sendable, CaseIterable, Comparable {
         case .geluTanh, .geluNew: zs_gelu_tanh_at(code, x, count)
         }
     }
+
+    /// The activation's backward over g[count] in place: g[i] *= act'(x[i]), on the calling thread.
+    public func activationBackward(_ x: ConstFloatPtr, _ g: FloatPtr, count: Int, _ act: Activation) {
+        switch act {
+        case .quickGELU: zs_quick_gelu_grad_at(code, x, g, count)
+        case .gelu: zs_gelu_erf_grad_at(code, x, g, count)
+        case .geluTanh, .geluNew: zs_gelu_tanh_grad_at(code, x, g, count)
+        }
+    }
 }

@@ -70,22 +70,23 @@ extension CLIPModel {
         return (Synth.values(name: "coop-ctx", seed: seed, count: count * w, amplitude: 0.02 * 3.0.squareRoot()), count)
     }
 
-    /// Normalised class embeddings [names][P] from CoOp prompts with the learned context, and the
-    /// tapes for backward.
-    func promptEmbeddings(_ names: [String], _ p: LearnedPrompts, threads: Int) throws -> [(embedding: [Float], tape: TextTape, prompt: CoOpPrompt)] {
-        try names.map { name in
-            let pr = try coopPrompt(name: name, contextLength: p.contextLength)
-            let x0 = try textInputs(pr, context: p.context)
-            let tape = try textForward(inputs: x0, tokens: pr.tokens.count, pool: pr.pool, threads: threads)
-            var e = tape.embedding
-            l2Normalize(&e)
-            return (e, tape, pr)
-        }
+    /// Normalised class embeddings [names][P] from CoOp prompts with the learned context (all
+    /// prompts in one ragged batch, `textForward(batch:)`; with `oneAtATime`, one forward pass per
+    /// prompt, for timing comparisons), the tapes for backward (one, or one per prompt) and the prompts.
+    func promptEmbeddings(_ names: [String], _ p: LearnedPrompts, threads: Int, oneAtATime: Bool = false) throws
+        -> (embeddings: [[Float]], tapes: [TextBatchTape], prompts: [CoOpPrompt]) {
+        let prompts = try names.map { try coopPrompt(name: $0, contextLength: p.contextLength) }
+        let x0s = try prompts.map { try textInputs($0, context: p.context) }
+        let tapes = oneAtATime
+            ? try zip(x0s, prompts).map { try textForward(batch: [$0], pools: [$1.pool], threads: threads) }
+            : [try textForward(batch: x0s, pools: prompts.map(\.pool), threads: threads)]
+        let e = tapes.flatMap(\.embeddings).map { v -> [Float] in var v = v; l2Normalize(&v); return v }
+        return (e, tapes, prompts)
     }
 
     /// Query embeddings [Q][P] for a class set under learned prompts (one CoOp prompt per name).
     public func promptQueries(_ set: ClassSet, prompts p: LearnedPrompts, threads: Int = defaultThreads) throws -> [[Float]] {
-        try promptEmbeddings(set.queries.map(\.name), p, threads: threads).map(\.embedding)
+        try promptEmbeddings(set.queries.map(\.name), p, threads: threads).embeddings
     }
 }
 
@@ -157,11 +158,19 @@ public struct TuneGradients: Sendable {
 /// when `gradients` is false: the forward pass only), computed with `threads` threads.
 public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, seenNames: [String],
                                  batch: [TuneExample], gradients: Bool = true, threads: Int = defaultThreads) throws -> TuneGradients {
+    try tuneLossAndGradients(model: model, prompts: p, seenNames: seenNames, batch: batch, gradients: gradients, threads: threads,
+                             textOneAtATime: false)
+}
+
+/// `tuneLossAndGradients`; with `textOneAtATime`, the text tower runs forward and backward one
+/// prompt at a time (the structure before the batched text passes; for `zeroseg bench`'s comparison).
+package func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, seenNames: [String], batch: [TuneExample],
+                                  gradients: Bool, threads: Int, textOneAtATime: Bool) throws -> TuneGradients {
     let budget = enterThreads(threads)
     defer { budget.leave() }
     let d = p.dim, cs = seenNames.count, s = p.scale
-    let text = try model.promptEmbeddings(seenNames, p, threads: threads)
-    let t = text.flatMap(\.embedding)  // [Cs, P]
+    let text = try model.promptEmbeddings(seenNames, p, threads: threads, oneAtATime: textOneAtATime)
+    let t = text.embeddings.flatMap { $0 }  // [Cs, P]
     var dT = [Float](repeating: 0, count: cs * d)
     var dA = [Float](repeating: 0, count: d * d), da = [Float](repeating: 0, count: d)
     var dSigma: Float = 0
@@ -220,14 +229,20 @@ public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, se
         }
         for r in 0..<g { for j in 0..<d { da[j] += dPre[r * d + j] } }
     }
-    // Text: t_c = e_c / ‖e_c‖ → e → x0 → context rows
+    // Text: t_c = e_c / ‖e_c‖ → e → x0 → context rows (all prompts in one batched backward)
     let wt = p.textWidth
-    for (c, item) in text.enumerated() where gradients {
-        let dE = try l2NormalizeBackward(item.tape.embedding, grad: Array(dT[(c * d)..<((c + 1) * d)]))
-        let dX = try model.textBackward(item.tape, gradEmbedding: dE, threads: threads)
-        for (k, pos) in item.prompt.ctxRange.enumerated() {
-            for j in 0..<wt { dCtx[k * wt + j] += dX[pos * wt + j] }
+    var c0 = 0
+    for tape in text.tapes where gradients {
+        let dE = try tape.embeddings.indices.map { i in
+            try l2NormalizeBackward(tape.embeddings[i], grad: Array(dT[((c0 + i) * d)..<((c0 + i + 1) * d)]))
         }
+        let dX = try model.textBackward(tape, gradEmbeddings: dE, threads: threads)
+        for (i, dx) in dX.enumerated() {
+            for (k, pos) in text.prompts[c0 + i].ctxRange.enumerated() {
+                for j in 0..<wt { dCtx[k * wt + j] += dx[pos * wt + j] }
+            }
+        }
+        c0 += tape.embeddings.count
     }
     return TuneGradients(loss: Float(loss / Double(total)), pixels: total, context: dCtx, adapter: dA, adapterBias: da,
                          logScale: dSigma)
@@ -318,7 +333,7 @@ public func tunePredict(model: CLIPModel, prompts p: LearnedPrompts, names: [Str
     let budget = enterThreads(threads)
     defer { budget.leave() }
     let d = p.dim, cs = names.count, g = ex.features.height * ex.features.width
-    let t = try model.promptEmbeddings(names, p, threads: threads).flatMap(\.embedding)
+    let t = try model.promptEmbeddings(names, p, threads: threads).embeddings.flatMap { $0 }
     let u = applyAdapter(ex.features.data, rows: g, p).u
     var z = [Float](repeating: 0, count: cs * g)
     gemmNT(t, lda: d, u, ldb: d, &z, ldc: g, m: cs, n: g, k: d, alpha: p.scale)

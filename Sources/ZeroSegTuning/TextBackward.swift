@@ -11,14 +11,17 @@ import Foundation
 // "Learning to Prompt for Vision-Language Models"): N context vectors in token-embedding space,
 // shared by all classes, replace the "X" placeholders of "X X X X classname."; CLIP's weights
 // stay frozen, so only gradients with respect to the input embeddings are computed (no weight
-// gradients). One sequence at a time, causal attention, through the same block as `encodeTokens`
-// (`EncoderLayer.forwardRecording`, Block.swift; transformers' CLIPTextTransformer).
+// gradients). Several prompts of different lengths at once as ragged rows (one [R, W] matrix for
+// the linear layers, causal attention per prompt), through the same block as `encodeTokens`
+// (`EncoderLayer.forwardRecording`, Block.swift; transformers' CLIPTextTransformer); the block's
+// backward is `EncoderLayer.backward` (BlockBackward.swift).
 //
 // Forward: x0 = token embeddings (ctx rows replaced) + position embeddings; per layer
 //   h1 = LN1(x); qkv = h1 · Wqkvᵀ + b; a = causal softmax(q kᵀ / √d) v per head; mid = x + a · Woᵀ + bo
 //   h2 = LN2(mid); m = h2 · W1ᵀ + b1; out = mid + act(m) · W2ᵀ + b2
-// then e = LNf(x_L[pool]) · Wpᵀ. `textForward` records what the backward needs (a `TextTape` of
-// `LayerTape`s); `textBackward`, the block's backward, returns dL/dx0 given dL/de.
+// then e = LNf(x_L[pool]) · Wpᵀ. `textForward(batch:)` records what the backward needs (a
+// `TextBatchTape` of `LayerTape`s); `textBackward(_:gradEmbeddings:)` returns dL/dx0 of every
+// prompt given dL/de. `textForward` / `textBackward` on one sequence are the batch of one.
 
 /// A CoOp prompt: [start] ctx_1..ctx_N [BPE ids of "name."] [end]. The token ids at `ctxRange`
 /// are placeholders (the id of "X") whose embeddings `textInputs` replaces by the context vectors.
@@ -45,21 +48,45 @@ public struct CoOpPrompt: Sendable, Equatable {
     }
 }
 
-/// The recorded forward pass of one sequence through the text encoder (`textForward`).
-public struct TextTape: Sendable {
-    /// Sequence length T and pooled position.
-    public let tokens: Int, pool: Int
-    /// Per layer, what the backward pass needs (`EncoderLayer.forwardRecording`, one sequence of T rows).
+/// The recorded forward pass of several sequences through the text encoder (`textForward(batch:)`).
+public struct TextBatchTape: Sendable {
+    /// Token count and pooled position of each sequence.
+    public let lengths: [Int], pools: [Int]
+    /// Per layer, what the backward pass needs (`EncoderLayer.forwardRecording`, the sequences as
+    /// ragged rows one after the other).
     public let layers: [LayerTape]
-    /// The last layer's output at the pooled row (input of the final layer norm): [W]; its mean and
-    /// 1/√(var + eps).
-    public let finalInput: [Float], finalMean: Float, finalRstd: Float
-    /// finalLayerNorm(finalInput): [W].
-    public let pooled: [Float]
-    /// text_projection(pooled): [P], not normalised.
-    public let embedding: [Float]
+    /// The last layer's output at the pooled rows (input of the final layer norm): [S, W]; its
+    /// per-row mean and 1/√(var + eps): [S].
+    let finalInput: Buffer, finalMean: Buffer, finalRstd: Buffer
+    /// text_projection(final_layer_norm(pooled rows)): [S][P], not normalised.
+    public let embeddings: [[Float]]
     /// The model's fingerprint (a tape belongs to the model that made it).
     public let model: String
+
+    /// The sequences as ragged rows.
+    var seqs: [RaggedSequence] {
+        var r = 0
+        return lengths.map { t in defer { r += t }; return RaggedSequence(row: r, count: t) }
+    }
+}
+
+/// The recorded forward pass of one sequence through the text encoder (`textForward`).
+public struct TextTape: Sendable {
+    let batch: TextBatchTape
+    /// Sequence length T and pooled position.
+    public var tokens: Int { batch.lengths[0] }
+    public var pool: Int { batch.pools[0] }
+    /// Per layer, what the backward pass needs (`EncoderLayer.forwardRecording`, one sequence of T rows).
+    public var layers: [LayerTape] { batch.layers }
+    /// The last layer's output at the pooled row (input of the final layer norm): [W]; its mean and
+    /// 1/√(var + eps).
+    public var finalInput: [Float] { batch.finalInput.array }
+    public var finalMean: Float { batch.finalMean[0] }
+    public var finalRstd: Float { batch.finalRstd[0] }
+    /// text_projection(final_layer_norm(finalInput)): [P], not normalised.
+    public var embedding: [Float] { batch.embeddings[0] }
+    /// The model's fingerprint (a tape belongs to the model that made it).
+    public var model: String { batch.model }
 }
 
 extension CLIPModel {
@@ -127,83 +154,88 @@ extension CLIPModel {
     /// Throws for a token count outside 1...max positions, inputs of the wrong size or a pooled
     /// position outside the tokens.
     public func textForward(inputs x0: [Float], tokens t: Int, pool: Int, threads: Int = defaultThreads) throws -> TextTape {
-        let c = config.text, w = c.hiddenSize, p = config.projectionDim
-        guard t >= 1 && t <= c.maxPositionEmbeddings else {
-            throw ZeroSegError("textForward: \(t) tokens (must be 1...\(c.maxPositionEmbeddings))")
-        }
+        let w = config.text.hiddenSize
         guard x0.count == t * w else { throw ZeroSegError("textForward: inputs have \(x0.count) values, expected \(t) x \(w)") }
-        guard (0..<t).contains(pool) else { throw ZeroSegError("textForward: pooled position \(pool) outside the \(t) tokens") }
-        let budget = enterThreads(threads)
-        defer { budget.leave() }
-        let x = Buffer(x0)
-        let layers = textModel.layers.map { $0.forwardRecording(x.ptr, RaggedSequence.batch(1, tokens: t), causal: true) }
-        let fin = Buffer(Array(UnsafeBufferPointer(start: x.ptr + pool * w, count: w)))
-        let pooled = Buffer(w), mean = Buffer(1), rstd = Buffer(1), emb = Buffer(p)
-        textModel.finalLayerNorm(fin.ptr, pooled.ptr, rows: 1, mean: mean.ptr, rstd: rstd.ptr)
-        ZeroSegCore.linear(pooled.ptr, textProjection, nil, emb.ptr, m: 1, n: p, k: w)
-        return TextTape(tokens: t, pool: pool, layers: layers, finalInput: fin.array, finalMean: mean[0], finalRstd: rstd[0],
-                        pooled: pooled.array, embedding: emb.array, model: fingerprint)
+        return TextTape(batch: try textForward(batch: [x0], pools: [pool], threads: threads))
     }
 
     /// dL/dx0: [T, W] given dL/d(tape.embedding): [P]. Rows after the pooled one get zeros (causal).
     /// Throws for a tape of another model or a gradient of the wrong size.
     public func textBackward(_ tape: TextTape, gradEmbedding: [Float], threads: Int = defaultThreads) throws -> [Float] {
+        try textBackward(tape.batch, gradEmbeddings: [gradEmbedding], threads: threads)[0]
+    }
+
+    /// The text encoder on several sequences of input embeddings x0_i: [T_i, W] at once (ragged
+    /// rows: one product per linear layer over all tokens; causal attention per sequence),
+    /// recording what `textBackward(_:gradEmbeddings:)` needs; `pools[i]`: the pooled position of
+    /// sequence i. The embeddings equal `textForward` on each sequence alone up to rounding.
+    /// Throws for no sequences, a token count outside 1...max positions, inputs that are not whole
+    /// rows of W, or a pooled position outside its sequence.
+    public func textForward(batch x0s: [[Float]], pools: [Int], threads: Int = defaultThreads) throws -> TextBatchTape {
+        let c = config.text, w = c.hiddenSize, p = config.projectionDim
+        guard !x0s.isEmpty, x0s.count == pools.count else {
+            throw ZeroSegError("textForward: \(x0s.count) sequences and \(pools.count) pooled positions")
+        }
+        var lengths: [Int] = []
+        for (x0, pool) in zip(x0s, pools) {
+            guard x0.count % w == 0 else { throw ZeroSegError("textForward: inputs have \(x0.count) values, not rows of \(w)") }
+            let t = x0.count / w
+            guard t >= 1 && t <= c.maxPositionEmbeddings else {
+                throw ZeroSegError("textForward: \(t) tokens (must be 1...\(c.maxPositionEmbeddings))")
+            }
+            guard (0..<t).contains(pool) else { throw ZeroSegError("textForward: pooled position \(pool) outside the \(t) tokens") }
+            lengths.append(t)
+        }
         let budget = enterThreads(threads)
         defer { budget.leave() }
-        let c = config.text, w = c.hiddenSize, p = config.projectionDim, t = tape.tokens
+        let rows = lengths.reduce(0, +), ns = lengths.count
+        let x = Buffer(rows * w)
+        var r = 0
+        var seqs: [RaggedSequence] = []
+        for (x0, t) in zip(x0s, lengths) {
+            x0.withUnsafeBufferPointer { (x.ptr + r * w).update(from: $0.baseAddress!, count: t * w) }
+            seqs.append(RaggedSequence(row: r, count: t))
+            r += t
+        }
+        let scratch = BlockScratch()
+        let layers = textModel.layers.map { $0.forwardRecording(x.ptr, seqs, causal: true, scratch: scratch) }
+        let fin = Buffer(ns * w), pooled = Buffer(ns * w), mean = Buffer(ns), rstd = Buffer(ns), emb = Buffer(ns * p)
+        for (si, s) in seqs.enumerated() { (fin.ptr + si * w).update(from: x.ptr + (s.row + pools[si]) * w, count: w) }
+        textModel.finalLayerNorm(fin.ptr, pooled.ptr, rows: ns, mean: mean.ptr, rstd: rstd.ptr)
+        ZeroSegCore.linear(pooled.ptr, textProjection, nil, emb.ptr, m: ns, n: p, k: w)
+        withExtendedLifetime((x, pooled, scratch)) {}
+        return TextBatchTape(lengths: lengths, pools: pools, layers: layers, finalInput: fin, finalMean: mean, finalRstd: rstd,
+                             embeddings: (0..<ns).map { Array(UnsafeBufferPointer(start: emb.ptr + $0 * p, count: p)) },
+                             model: fingerprint)
+    }
+
+    /// dL/dx0_i: [T_i, W] of every sequence given dL/d(tape.embeddings[i]): [P] each. Rows after a
+    /// sequence's pooled one get zeros (causal). Throws for a tape of another model or gradients of
+    /// the wrong size.
+    public func textBackward(_ tape: TextBatchTape, gradEmbeddings: [[Float]], threads: Int = defaultThreads) throws -> [[Float]] {
+        let w = config.text.hiddenSize, p = config.projectionDim, ns = tape.lengths.count
         guard tape.model == fingerprint && tape.layers.count == textModel.layers.count else {
             throw ZeroSegError("textBackward: the tape was recorded by another model")
         }
-        guard gradEmbedding.count == p else { throw ZeroSegError("textBackward: gradient has \(gradEmbedding.count) values, expected \(p)") }
-        let dx = Buffer(zeros: t * w)  // dL/d(residual stream), from the top down
-        // e[P] = pooled[W] · Wpᵀ (Wp: [P, W])  →  dPooled[W] = dE[P] · Wp
-        let dE = Buffer(gradEmbedding), dPooled = Buffer(w), fin = Buffer(tape.finalInput)
-        let mean = Buffer([tape.finalMean]), rstd = Buffer([tape.finalRstd])
-        gemmNN(dE.ptr, lda: p, textProjection, ldb: w, dPooled.ptr, ldc: w, m: 1, n: w, k: p)
-        layerNormBackward(textModel.finalLayerNorm, x: fin.ptr, mean: mean.ptr, rstd: rstd.ptr,
-                          dy: dPooled.ptr, dx: dx.ptr + tape.pool * w, rows: 1)
-        withExtendedLifetime((dE, dPooled, fin, mean, rstd)) {}
-        for (l, tp) in zip(textModel.layers, tape.layers).reversed() {
-            let heads = l.selfAttn.heads, d = w / heads, inter = l.fc1.outFeatures
-            let dM = Buffer(t * inter), dH = Buffer(t * w), dA = Buffer(t * w)
-            let dQKV = Buffer(zeros: t * 3 * w), dP = Buffer(t * t)
-            // MLP: out = mid + act(m) · W2ᵀ + b2, m = h2 · W1ᵀ + b1 (W2: [W, I], W1: [I, W])
-            gemmNN(dx.ptr, lda: w, l.fc2.weight, ldb: inter, dM.ptr, ldc: inter, m: t, n: inter, k: w)
-            let m = tp.preActivation.ptr
-            for i in 0..<(t * inter) { dM.ptr[i] *= activationDerivative(m[i], l.act) }
-            gemmNN(dM.ptr, lda: inter, l.fc1.weight, ldb: w, dH.ptr, ldc: w, m: t, n: w, k: inter)
-            layerNormBackward(l.layerNorm2, x: tp.mid.ptr, mean: tp.ln2Mean.ptr, rstd: tp.ln2Rstd.ptr,
-                              dy: dH.ptr, dx: dx.ptr, rows: t)  // dx is now dL/dmid
-            // attention: mid = x + a · Woᵀ + bo
-            gemmNN(dx.ptr, lda: w, l.selfAttn.outProj.weight, ldb: w, dA.ptr, ldc: w, m: t, n: w, k: w)
-            let scale = 1 / Float(d).squareRoot()
-            let qkv = tp.qkv.ptr
-            for h in 0..<heads {
-                let prob = tp.probs.ptr + h * t * t, dO = dA.ptr + h * d
-                let q = qkv + h * d, k = qkv + w + h * d, v = qkv + 2 * w + h * d
-                // dV_h = Pᵀ dO_h;  dP = dO_h V_hᵀ
-                gemmTN(prob, lda: t, dO, ldb: w, dQKV.ptr + 2 * w + h * d, ldc: 3 * w, m: t, n: d, k: t)
-                gemmNT(dO, lda: w, v, ldb: 3 * w, dP.ptr, ldc: t, m: t, n: t, k: d)
-                // dS = P ⊙ (dP − rowsum(dP ⊙ P)), times the score scale (S = scale · q kᵀ);
-                // P is zero past the diagonal, so is dS
-                for r in 0..<t {
-                    let pr = prob + r * t, dr = dP.ptr + r * t
-                    var dot: Float = 0
-                    for j in 0...r { dot += pr[j] * dr[j] }
-                    for j in 0...r { dr[j] = pr[j] * (dr[j] - dot) * scale }
-                    for j in (r + 1)..<t { dr[j] = 0 }
-                }
-                // dQ_h = dS K_h;  dK_h = dSᵀ Q_h
-                gemmNN(dP.ptr, lda: t, k, ldb: 3 * w, dQKV.ptr + h * d, ldc: 3 * w, m: t, n: d, k: t)
-                gemmTN(dP.ptr, lda: t, q, ldb: 3 * w, dQKV.ptr + w + h * d, ldc: 3 * w, m: t, n: d, k: t)
-            }
-            // qkv = h1 · Wqkvᵀ + b (Wqkv: [3W, W])
-            gemmNN(dQKV.ptr, lda: 3 * w, l.selfAttn.qkv.weight, ldb: w, dH.ptr, ldc: w, m: t, n: w, k: 3 * w)
-            layerNormBackward(l.layerNorm1, x: tp.input.ptr, mean: tp.ln1Mean.ptr, rstd: tp.ln1Rstd.ptr,
-                              dy: dH.ptr, dx: dx.ptr, rows: t)  // dx is now dL/dx (the layer's input)
-            withExtendedLifetime((dM, dH, dA, dQKV, dP, tp)) {}
+        guard gradEmbeddings.count == ns, gradEmbeddings.allSatisfy({ $0.count == p }) else {
+            throw ZeroSegError("textBackward: gradients of \(gradEmbeddings.map(\.count)) values for \(ns) sequences, expected \(p) each")
         }
-        return dx.array
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
+        let seqs = tape.seqs, rows = tape.lengths.reduce(0, +)
+        let dx = Buffer(zeros: rows * w)  // dL/d(residual stream), from the top down
+        // e[S, P] = pooled[S, W] · Wpᵀ (Wp: [P, W])  →  dPooled[S, W] = dE[S, P] · Wp
+        let dE = Buffer(gradEmbeddings.flatMap { $0 }), dPooled = Buffer(ns * w), dFin = Buffer(zeros: ns * w)
+        gemmNN(dE.ptr, lda: p, textProjection, ldb: w, dPooled.ptr, ldc: w, m: ns, n: w, k: p)
+        layerNormBackward(textModel.finalLayerNorm, x: tape.finalInput.ptr, mean: tape.finalMean.ptr, rstd: tape.finalRstd.ptr,
+                          dy: dPooled.ptr, dx: dFin.ptr, rows: ns)
+        for (si, s) in seqs.enumerated() { (dx.ptr + (s.row + tape.pools[si]) * w).update(from: dFin.ptr + si * w, count: w) }
+        withExtendedLifetime((dE, dPooled, dFin)) {}
+        let scratch = BackwardScratch()
+        for (l, tp) in zip(textModel.layers, tape.layers).reversed() {
+            l.backward(tp, seqs, causal: true, dx: dx.ptr, threads: threads, scratch: scratch)
+        }
+        return seqs.map { Array(UnsafeBufferPointer(start: dx.ptr + $0.row * w, count: $0.count * w)) }
     }
 }
 
@@ -221,7 +253,8 @@ public func l2NormalizeBackward(_ e: [Float], grad: [Float]) throws -> [Float] {
     return e.indices.map { Float((Double(grad[$0]) - Double(e[$0]) / norm * dot) / norm) }
 }
 
-/// The derivative of the activation `act` (computed in Double):
+/// The derivative of the activation `act` (computed in Double; the reference of the Float kernels
+/// behind `activationBackward`, BlockBackward.swift):
 /// quick_gelu: σ(1.702x) + 1.702x σ(1.702x)(1 − σ(1.702x));  gelu: Φ(x) + x φ(x);
 /// gelu tanh: 0.5(1 + tanh u) + 0.5x (1 − tanh² u) √(2/π)(1 + 3·0.044715 x²), u = √(2/π)(x + 0.044715 x³).
 public func activationDerivative(_ v: Float, _ act: Activation) -> Float {
@@ -236,29 +269,5 @@ public func activationDerivative(_ v: Float, _ act: Activation) -> Float {
         let k = (2 / Double.pi).squareRoot()
         let th = tanh(k * (x + 0.044715 * x * x * x))
         return Float(0.5 * (1 + th) + 0.5 * x * (1 - th * th) * k * (1 + 3 * 0.044715 * x * x))
-    }
-}
-
-// MARK: - Kernels of the backward pass
-
-/// Layer-norm backward with respect to the input, accumulated: dx[rows, C] +=
-/// rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)) with g = dy ⊙ weight, x̂ = (x − mean) · rstd.
-func layerNormBackward(_ ln: LayerNorm, x: ConstFloatPtr, mean: ConstFloatPtr, rstd: ConstFloatPtr,
-                       dy: ConstFloatPtr, dx: FloatPtr, rows: Int) {
-    let c = ln.dim, w = ln.weight
-    for r in 0..<rows {
-        let xr = x + r * c, gr = dy + r * c, dr = dx + r * c
-        let mu = mean[r], inv = rstd[r]
-        var sg = 0.0, sgx = 0.0
-        for i in 0..<c {
-            let g = Double(gr[i] * w[i]), xh = Double((xr[i] - mu) * inv)
-            sg += g
-            sgx += g * xh
-        }
-        let mg = Float(sg / Double(c)), mgx = Float(sgx / Double(c))
-        for i in 0..<c {
-            let g = gr[i] * w[i], xh = (xr[i] - mu) * inv
-            dr[i] += inv * (g - mg - xh * mgx)
-        }
     }
 }

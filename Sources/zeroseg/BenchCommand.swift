@@ -22,8 +22,11 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also write the results as JSON to this file.")
     var json: String?
 
-    @Option(help: "Comma-separated cases to run: image, text, segment, pamr, folder (default: all).")
+    @Option(help: "Comma-separated cases to run: image, text, segment, pamr, folder, vpt_step, tune_text_step (default: the first five).")
     var cases: String = "image,text,segment,pamr,folder"
+
+    @Option(help: "Batch sizes of the vpt_step case (comma-separated).")
+    var vptBatches: String = "1,8"
 
     @Option(help: "Images in the folder case.")
     var folderImages: Int = 8
@@ -37,7 +40,7 @@ struct BenchCommand: ParsableCommand {
         guard folderImages >= 1 else { throw ValidationError("--folder-images must be at least 1") }
     }
 
-    static let allCases: Set<String> = ["image", "text", "segment", "pamr", "folder"]
+    static let allCases: Set<String> = ["image", "text", "segment", "pamr", "folder", "vpt_step", "tune_text_step"]
 
     static let camvid = ["sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian", "bicyclist"]
 
@@ -139,6 +142,59 @@ struct BenchCommand: ParsableCommand {
             if let f = failed.first { throw f.error }
             report("folder of \(n) images 480x360 (pipeline)", folderT,
                    extra: String(format: "%.2f images/s, decode + segment + write", Double(n) / folderT))
+        }
+        // Deep visual prompts (N = 10) at the model's size: one training step (recording forward +
+        // backward) against one plain forward (visionHidden) of the same batch.
+        if selected.contains("vpt_step") {
+            let s = model.config.vision.imageSize, prompts = try VisualPrompts(model: model, count: 10, seed: 0)
+            for b in vptBatches.split(separator: ",").compactMap({ Int($0.trimmingCharacters(in: .whitespaces)) }) where b >= 1 {
+                let px = Synth.values(name: "pixels", seed: 3, count: b * 3 * s * s, amplitude: 2)
+                let g0 = (s / model.config.vision.patchSize) * (s / model.config.vision.patchSize) + 1
+                let dTok = Synth.values(name: "vpt-upstream", seed: 4, count: b * g0 * model.config.projectionDim, amplitude: 1)
+                let fwd = try Bench.best(repeats) {
+                    _ = try px.withUnsafeBufferPointer { try model.visionHidden(pixels: $0.baseAddress!, batch: b, height: s, width: s, threads: t) }
+                }
+                var tapeBytes = 0
+                let step = try Bench.best(repeats) {
+                    let tape = try px.withUnsafeBufferPointer {
+                        try model.promptedForward(pixels: $0.baseAddress!, batch: b, height: s, width: s, prompts: prompts, threads: t)
+                    }
+                    tapeBytes = tape.floats * 4
+                    _ = try model.promptedBackward(tape, dTokens: dTok, threads: t)
+                }
+                let inference = try Bench.best(repeats) {
+                    _ = try px.withUnsafeBufferPointer {
+                        try model.promptedTokens(pixels: $0.baseAddress!, batch: b, height: s, width: s, prompts: prompts, threads: t)
+                    }
+                }
+                let flops = Double(b) * Bench.visionFLOPs(model.config, height: s, width: s)
+                report("vpt plain forward (\(s) px, batch \(b))", fwd, flops: flops, floor: rate)
+                report("vpt prompted forward N=10 (batch \(b))", inference, extra: String(format: "x%.2f of the plain forward", inference / fwd))
+                report("vpt step N=10 (batch \(b))", step,
+                       extra: String(format: "x%.2f of the plain forward; tape %.0f MB", step / fwd, Double(tapeBytes) / 1e6))
+            }
+        }
+        // Prompt tuning (CoOp context + linear head): one step on 8 feature grids (14x14 at the
+        // model's embedding size, labels 224x224) x 8 classes, the text tower batched (all prompts
+        // as ragged rows) against one prompt at a time.
+        if selected.contains("tune_text_step") {
+            let d = model.config.projectionDim, names = Array(Self.camvid.prefix(8))
+            let examples = try (0..<8).map { i in
+                TuneExample(features: try FeatureGrid(height: 14, width: 14, dim: d,
+                                                      data: Synth.values(name: "tune-bench", seed: UInt64(i), count: 14 * 14 * d, amplitude: 1)),
+                            target: Synth.values(name: "tune-bench-labels", seed: UInt64(i), count: 224 * 224, amplitude: 0.5, offset: 0.5)
+                                .map { Int32(min(7, $0 * 8)) }, width: 224, height: 224)
+            }
+            let c0 = try model.initialContext(count: 0, phrase: "a photo of a")
+            let p = LearnedPrompts(context: c0.values, contextLength: c0.count, textWidth: model.config.text.hiddenSize, dim: d)
+            let batched = try Bench.best(repeats) {
+                _ = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: examples, gradients: true, threads: t, textOneAtATime: false)
+            }
+            let single = try Bench.best(repeats) {
+                _ = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: examples, gradients: true, threads: t, textOneAtATime: true)
+            }
+            report("tune step 8 images x 8 classes, text one prompt at a time", single)
+            report("tune step 8 images x 8 classes, text batched", batched, extra: String(format: "x%.2f faster", single / batched))
         }
         let rss = Bench.peakRSS()
         print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))

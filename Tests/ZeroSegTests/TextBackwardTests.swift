@@ -195,6 +195,30 @@ import ZeroSegTestSupport
         }
     }
 
+    /// The batched forward / backward (all prompts as ragged rows, `textForward(batch:)`) against
+    /// each prompt alone: embeddings and input gradients within 1e-5 x max |value| (the products
+    /// run over different row counts, so rounding may differ), and the same bits with 1 and 2 threads.
+    @Test func batchEqualsOneAtATime() throws {
+        let m = Self.tiny, pd = m.config.projectionDim
+        let prompts = try ["cat", "traffic light", "sofa", "a"].map { try m.coopPrompt(name: $0, contextLength: 3) }
+        let ctx = randomFloats(3 * m.config.text.hiddenSize, seed: 12).map { $0 * 0.05 }
+        let x0s = try prompts.map { try m.textInputs($0, context: ctx) }
+        let g = (0..<prompts.count).map { randomFloats(pd, seed: 30 + UInt64($0)) }
+        let batch = try m.textForward(batch: x0s, pools: prompts.map(\.pool), threads: 2)
+        let dBatch = try m.textBackward(batch, gradEmbeddings: g, threads: 2)
+        for (k, p) in prompts.enumerated() {
+            let one = try m.textForward(inputs: x0s[k], tokens: p.tokens.count, pool: p.pool, threads: 1)
+            let e = one.embedding, dx = try m.textBackward(one, gradEmbedding: g[k], threads: 1)
+            #expect(maxAbsDiff(batch.embeddings[k], e) <= 1e-5 * e.map { abs($0) }.max()!, "prompt \(k) embedding")
+            #expect(maxAbsDiff(dBatch[k], dx) <= 1e-5 * dx.map { abs($0) }.max()!, "prompt \(k) input gradient")
+        }
+        let batch1 = try m.textForward(batch: x0s, pools: prompts.map(\.pool), threads: 1)
+        #expect(batch1.embeddings == batch.embeddings)
+        #expect(try m.textBackward(batch1, gradEmbeddings: g, threads: 1) == dBatch)
+        #expect(throws: ZeroSegError.self) { try m.textBackward(batch, gradEmbeddings: Array(g.dropLast()), threads: 1) }
+        #expect(throws: ZeroSegError.self) { try m.textForward(batch: x0s, pools: [0], threads: 1) }
+    }
+
     @Test func l2NormalizeBackwardMatchesFiniteDifferences() throws {
         let e = randomFloats(7, seed: 5).map { $0 * 3 }, g = randomFloats(7, seed: 6)
         let d = try l2NormalizeBackward(e, grad: g)
@@ -220,6 +244,29 @@ import ZeroSegTestSupport
             let fd = (activationReference(x + h, act) - activationReference(x - h, act)) / (2 * h)
             #expect(abs(fd - activationDerivative(x, act)) < 1e-4, "\(act) at \(x)")
         }
+    }
+
+    /// The Float kernels of the activations' backward (every build this CPU runs, and the
+    /// dispatched `activationBackward`) against the Double derivative, over [-12, 12] and some
+    /// large values: |fast − exact| <= 2e-6 + 2e-6 |exact| (float32 rounding of libmvec/libm).
+    @Test(arguments: [Activation.quickGELU, .gelu, .geluTanh, .geluNew])
+    func activationBackwardKernelsMatchDouble(_ act: Activation) {
+        let x = (0..<2401).map { Float($0 - 1200) / 100 } + [-80, -30, 25, 60, 1e-6, -1e-6]
+        let g = randomFloats(x.count, seed: 41)
+        var worst: Float = 0
+        for level in KernelLevel.allCases.filter(\.isSupported) {
+            var out = g
+            x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { level.activationBackward(xp.baseAddress!, $0.baseAddress!, count: x.count, act) } }
+            for i in x.indices {
+                let exact = g[i] * activationDerivative(x[i], act)
+                worst = max(worst, abs(out[i] - exact))
+                #expect(abs(out[i] - exact) <= 2e-6 + 2e-6 * abs(exact), "\(act) \(level) at \(x[i]): \(out[i]) vs \(exact)")
+            }
+        }
+        var out = g
+        x.withUnsafeBufferPointer { xp in out.withUnsafeMutableBufferPointer { activationBackward(xp.baseAddress!, $0.baseAddress!, count: x.count, act) } }
+        #expect(maxAbsDiff(out, x.indices.map { g[$0] * activationDerivative(x[$0], act) }) <= 1e-5)
+        print("TextBackwardTests activation backward \(act): worst |fast - double| = \(worst)")
     }
 
     @Test func coopPromptLayout() throws {

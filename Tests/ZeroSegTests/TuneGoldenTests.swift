@@ -54,6 +54,23 @@ import ZeroSeg
         }
     }
 
+    /// The text tower batched (all prompts as ragged rows) against one prompt at a time (the
+    /// structure before batching): loss and gradients within 1e-5 relative of each other, both
+    /// within 1e-3 of torch.
+    @Test func batchedTextEqualsOneAtATime() throws {
+        let (model, p, names, ex) = try Self.setup()
+        let a = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: ex, gradients: true, threads: 2, textOneAtATime: false)
+        let b = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: ex, gradients: true, threads: 2, textOneAtATime: true)
+        #expect(abs(a.loss - b.loss) <= 1e-5 * abs(b.loss))
+        var report: [String] = []
+        for (name, x, y, key) in [("ctx", a.context, b.context, "grad.ctx"), ("A", a.adapter, b.adapter, "grad.A")] {
+            let d = Self.rel(x, y), ra = Self.rel(x, try Self.ref.floats(key)), rb = Self.rel(y, try Self.ref.floats(key))
+            #expect(d <= 1e-5, "\(name): batched vs one at a time \(d)")
+            report.append(String(format: "%@: batched vs one at a time %.2e, vs torch %.2e (batched) %.2e (one at a time)", name, d, ra, rb))
+        }
+        print("TuneGoldenTests " + report.joined(separator: "; "))
+    }
+
     @Test func adamWStepsMatchTorch() throws {
         let (model, p0, names, ex) = try Self.setup()
         let steps = Int(Self.ref.metadata["steps"]!)!

@@ -28,6 +28,11 @@ void zs_gelu_erf(float *x, size_t n);
 /// In place over x[n]: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (gelu_pytorch_tanh, gelu_new).
 void zs_gelu_tanh(float *x, size_t n);
 
+/// Backward of the activations, in place over g[n]: g[i] *= f'(x[i]), x the activation's input.
+void zs_quick_gelu_grad(const float *x, float *g, size_t n);
+void zs_gelu_erf_grad(const float *x, float *g, size_t n);
+void zs_gelu_tanh_grad(const float *x, float *g, size_t n);
+
 /// The active level (ZS_KERNELS_*), resolved on first call.
 int zs_kernels_level(void);
 /// 1 when this CPU (and build) can run `level`.
@@ -39,6 +44,9 @@ void zs_softmax_row_at(int level, float *row, int m, int n);
 void zs_quick_gelu_at(int level, float *x, size_t n);
 void zs_gelu_erf_at(int level, float *x, size_t n);
 void zs_gelu_tanh_at(int level, float *x, size_t n);
+void zs_quick_gelu_grad_at(int level, const float *x, float *g, size_t n);
+void zs_gelu_erf_grad_at(int level, const float *x, float *g, size_t n);
+void zs_gelu_tanh_grad_at(int level, const float *x, float *g, size_t n);
 
 /// CPU features as the OS enables them (cpuid + xgetbv, via the compiler's runtime).
 int zs_cpu_has_avx2_fma(void);

@@ -1,0 +1,168 @@
+import CKernels
+import ZeroSegCore
+import ZeroSegCLIP
+
+// Backward of the transformer block (Block.swift) with respect to its input, CLIP's weights
+// frozen (no weight gradients): what the CoOp text backward and the VPT vision backward both run,
+// layer by layer from the top down. With the block
+//
+//   h1 = LN1(x); q | k | v = h1 · Wqkvᵀ + b; a = softmax(q kᵀ / √d) v per head; mid = x + a · Woᵀ + bo
+//   h2 = LN2(mid); m = h2 · W1ᵀ + b1; out = mid + act(m) · W2ᵀ + b2
+//
+// and g = dL/dout:
+//   dm = (g · W2) ⊙ act'(m);  dmid = g + LN2ᵀ(dm · W1);  da = dmid · Wo
+//   per (sequence, head): dV = Pᵀ da_h; dP = da_h V_hᵀ; dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √d;
+//                          dQ = dS K_h; dK = dSᵀ Q_h
+//   dx = dmid + LN1ᵀ(dqkv · Wqkv)
+// The products with the weights run once over all rows of all sequences (one big M, split over
+// the thread budget by `gemm`); attention per (sequence, head), the pairs split over the thread
+// budget. Every output element is computed the same way whatever the split, so a given input
+// gives the same bits for any thread count.
+
+/// Work buffers of `EncoderLayer.backward`, reused across the layers of one pass. Not for
+/// concurrent use.
+package final class BackwardScratch {
+    private var buffers: [Buffer] = []
+    package init() {}
+    /// Buffer `i`, at least `count` floats (contents undefined).
+    func callAsFunction(_ i: Int, _ count: Int) -> Buffer {
+        while buffers.count <= i { buffers.append(Buffer(0)) }
+        if buffers[i].count < count { buffers[i] = Buffer(count) }
+        return buffers[i]
+    }
+}
+
+extension EncoderLayer {
+    /// The block's backward pass over ragged sequences (`seqs`, as recorded in `tape` by
+    /// `forwardRecording`; attention full or `causal`). dx: [R, W]: on entry dL/d(layer output),
+    /// on exit dL/d(layer input). Runs with a budget of `threads`.
+    package func backward(_ tape: LayerTape, _ seqs: [RaggedSequence], causal: Bool, dx: FloatPtr, threads: Int,
+                          scratch: BackwardScratch? = nil) {
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
+        let scratch = scratch ?? BackwardScratch()
+        let w = layerNorm1.dim, heads = selfAttn.heads, d = w / heads, inter = fc1.outFeatures
+        let rows = seqs.reduce(0) { $0 + $1.count }
+        precondition(tape.input.count == rows * w, "EncoderLayer.backward: the tape has \(tape.input.count / w) rows, the sequences \(rows)")
+        let dM = scratch(0, rows * inter), dH = scratch(1, rows * w), dQKV = scratch(2, rows * 3 * w)
+        defer { withExtendedLifetime((dM, dH, dQKV, tape)) {} }
+        // MLP. dm[R, I] = dx[R, W] · W2[W, I], times act'(m); dh2[R, W] = dm · W1[I, W]
+        gemmNN(dx, lda: w, fc2.weight, ldb: inter, dM.ptr, ldc: inter, m: rows, n: inter, k: w)
+        activationBackward(tape.preActivation.ptr, dM.ptr, count: rows * inter, act)
+        gemmNN(dM.ptr, lda: inter, fc1.weight, ldb: w, dH.ptr, ldc: w, m: rows, n: w, k: inter)
+        layerNormBackward(layerNorm2, x: tape.mid.ptr, mean: tape.ln2Mean.ptr, rstd: tape.ln2Rstd.ptr,
+                          dy: dH.ptr, dx: dx, rows: rows)  // dx is now dL/dmid
+        // Attention. da[R, W] = dmid · Wo (into dH: dh2 is consumed)
+        let dA = dH
+        gemmNN(dx, lda: w, selfAttn.outProj.weight, ldb: w, dA.ptr, ldc: w, m: rows, n: w, k: w)
+        var offsets: [Int] = [], o = 0
+        for s in seqs { offsets.append(o); o += heads * s.count * s.count }
+        precondition(tape.probs.count == o, "EncoderLayer.backward: the tape's attention does not fit the sequences")
+        let items = seqs.count * heads, nt = min(threadBudget, items), maxT = seqs.map(\.count).max() ?? 0
+        let dPs = (0..<nt).map { scratch(3 + $0, maxT * maxT) }
+        nonisolated(unsafe) let (qkvP, probsP, dAP, dQKVP) = (ConstFloatPtr(tape.qkv.ptr), ConstFloatPtr(tape.probs.ptr), ConstFloatPtr(dA.ptr), dQKV.ptr)
+        let dPPtrs = dPs.map(\.ptr)
+        nonisolated(unsafe) let dPP = dPPtrs
+        parallelFor(nt) { part in
+            let dP = dPP[part]
+            for item in (items * part / nt)..<(items * (part + 1) / nt) {
+                let s = seqs[item / heads], h = item % heads, t = s.count
+                attentionHeadBackward(qkv: qkvP + s.row * 3 * w, probs: probsP + offsets[item / heads] + h * t * t,
+                                      dOut: dAP + s.row * w + h * d, dQKV: dQKVP + s.row * 3 * w, dP: dP,
+                                      tokens: t, width: w, head: h, headDim: d, causal: causal)
+            }
+        }
+        withExtendedLifetime(dPs) {}
+        // dh1[R, W] = dqkv[R, 3W] · Wqkv[3W, W]; dx = dmid + LN1ᵀ(dh1)
+        gemmNN(dQKV.ptr, lda: 3 * w, selfAttn.qkv.weight, ldb: w, dH.ptr, ldc: w, m: rows, n: w, k: 3 * w)
+        layerNormBackward(layerNorm1, x: tape.input.ptr, mean: tape.ln1Mean.ptr, rstd: tape.ln1Rstd.ptr,
+                          dy: dH.ptr, dx: dx, rows: rows)
+    }
+}
+
+/// Backward of one attention head of one sequence (single-threaded).
+/// qkv: [T, 3W] (row stride 3W), probs: [T, T] (softmax output, causal: zero past the diagonal),
+/// dOut: dL/d(head output) [T, d] (row stride W); writes dQ, dK, dV of the head into dQKV [T, 3W]
+/// (columns h·d, W + h·d, 2W + h·d); dP: scratch [T, T].
+func attentionHeadBackward(qkv: ConstFloatPtr, probs: ConstFloatPtr, dOut: ConstFloatPtr, dQKV: FloatPtr, dP: FloatPtr,
+                           tokens t: Int, width w: Int, head h: Int, headDim d: Int, causal: Bool) {
+    let q = qkv + h * d, k = qkv + w + h * d, v = qkv + 2 * w + h * d
+    let scale = 1 / Float(d).squareRoot()
+    // dV_h[T, d] = Pᵀ dO_h;  dP[T, T] = dO_h V_hᵀ
+    gemmTN(probs, lda: t, dOut, ldb: w, dQKV + 2 * w + h * d, ldc: 3 * w, m: t, n: d, k: t)
+    gemmNT(dOut, lda: w, v, ldb: 3 * w, dP, ldc: t, m: t, n: t, k: d)
+    // dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale (S = scale · q kᵀ); causal: P, and so dS, is zero
+    // past the diagonal
+    for r in 0..<t {
+        let pr = probs + r * t, dr = dP + r * t, n = causal ? r + 1 : t
+        var dot: Float = 0
+        for j in 0..<n { dot += pr[j] * dr[j] }
+        for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) * scale }
+        for j in n..<t { dr[j] = 0 }
+    }
+    // dQ_h = dS K_h;  dK_h = dSᵀ Q_h
+    gemmNN(dP, lda: t, k, ldb: 3 * w, dQKV + h * d, ldc: 3 * w, m: t, n: d, k: t)
+    gemmTN(dP, lda: t, q, ldb: 3 * w, dQKV + w + h * d, ldc: 3 * w, m: t, n: d, k: t)
+}
+
+/// g[n] *= act'(x[n]) for the activation's input x (Float vector kernels, `KernelLevel`; split over
+/// the thread budget when large, in blocks of 64 so the split does not change the bits).
+package func activationBackward(_ x: ConstFloatPtr, _ g: FloatPtr, count n: Int, _ act: Activation) {
+    let blocks = (n + 63) / 64
+    let nt = n >= 1 << 14 ? min(threadBudget, blocks) : 1
+    nonisolated(unsafe) let (xp, gp) = (x, g)
+    parallelFor(max(nt, 1)) { i in
+        let start = blocks * i / nt * 64, end = min(blocks * (i + 1) / nt * 64, n)
+        guard end > start else { return }
+        switch act {
+        case .quickGELU: zs_quick_gelu_grad(xp + start, gp + start, end - start)
+        case .gelu: zs_gelu_erf_grad(xp + start, gp + start, end - start)
+        case .geluTanh, .geluNew: zs_gelu_tanh_grad(xp + start, gp + start, end - start)
+        }
+    }
+}
+
+/// Layer-norm backward with respect to the input, accumulated: dx[rows, C] +=
+/// rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)) with g = dy ⊙ weight, x̂ = (x − mean) · rstd
+/// (row sums in Double; rows split over the thread budget when many).
+func layerNormBackward(_ ln: LayerNorm, x: ConstFloatPtr, mean: ConstFloatPtr, rstd: ConstFloatPtr,
+                       dy: ConstFloatPtr, dx: FloatPtr, rows: Int) {
+    layerNormBackward(weight: ln.weight, cols: ln.dim, x: x, mean: mean, rstd: rstd, dy: dy, dx: dx, rows: rows)
+}
+
+/// `layerNormBackward` for a layer norm given by its weight [C].
+func layerNormBackward(weight: ConstFloatPtr, cols c: Int, x: ConstFloatPtr, mean: ConstFloatPtr, rstd: ConstFloatPtr,
+                       dy: ConstFloatPtr, dx: FloatPtr, rows: Int) {
+    let nt = rows * c >= 1 << 15 ? min(threadBudget, rows) : 1
+    nonisolated(unsafe) let (xp, mp, rp, dyp, dxp, wp) = (x, mean, rstd, dy, dx, weight)
+    parallelFor(max(nt, 1)) { part in
+        for r in (rows * part / nt)..<(rows * (part + 1) / nt) {
+            let xr = xp + r * c, gr = dyp + r * c, dr = dxp + r * c
+            let mu = mp[r], inv = rp[r]
+            var sg = 0.0, sgx = 0.0
+            for i in 0..<c {
+                let g = Double(gr[i] * wp[i]), xh = Double((xr[i] - mu) * inv)
+                sg += g
+                sgx += g * xh
+            }
+            let mg = Float(sg / Double(c)), mgx = Float(sgx / Double(c))
+            for i in 0..<c {
+                let g = gr[i] * wp[i], xh = (xr[i] - mu) * inv
+                dr[i] += inv * (g - mg - xh * mgx)
+            }
+        }
+    }
+}
+
+/// Layer-norm backward with respect to the weight and bias, accumulated: dweight[C] += Σ_rows dy ⊙ x̂,
+/// dbias[C] += Σ_rows dy (one thread, rows in order).
+func layerNormParameterBackward(x: ConstFloatPtr, mean: ConstFloatPtr, rstd: ConstFloatPtr, dy: ConstFloatPtr,
+                                dWeight: FloatPtr, dBias: FloatPtr, rows: Int, cols c: Int) {
+    for r in 0..<rows {
+        let xr = x + r * c, gr = dy + r * c, mu = mean[r], inv = rstd[r]
+        for i in 0..<c {
+            dWeight[i] += gr[i] * (xr[i] - mu) * inv
+            dBias[i] += gr[i]
+        }
+    }
+}
