@@ -154,7 +154,7 @@ public final class Segmenter: @unchecked Sendable {
             throw ZeroSegError("\(queries.count) query embeddings for \(set.queries.count) class names")
         }
         var timings: [String: Double] = [:]
-        let win = try windowLogits(image, queries: queries, timings: &timings)
+        let win = try windowLogits(image, queries: queries, set: set, timings: &timings)
         var clock = Stopwatch()
         func lap(_ name: String) { clock.lap(name, into: &timings) }
         let (h, w) = (image.height, image.width), hw = h * w
@@ -253,11 +253,12 @@ public final class Segmenter: @unchecked Sendable {
     }
 
     /// Logits at the original size (averaged windows, then refined): everything before the softmax.
-    public func logits(_ image: RGBImage, queries: [[Float]], keepRaw: Bool = true) throws -> SegmentationInternals {
+    /// `set`: the class set of the queries (image-conditioned heads calibrate seen classes with it).
+    public func logits(_ image: RGBImage, queries: [[Float]], set: ClassSet? = nil, keepRaw: Bool = true) throws -> SegmentationInternals {
         let budget = enterThreads(threads)
         defer { budget.leave() }
         var t: [String: Double] = [:]
-        return try logits(image, queries: queries, keepRaw: keepRaw, timings: &t).0
+        return try logits(image, queries: queries, set: set, keepRaw: keepRaw, timings: &t).0
     }
 
     /// Averaged window logits at the rescaled size: logits [Q, Hs, Ws], the normalised rescaled
@@ -273,7 +274,7 @@ public final class Segmenter: @unchecked Sendable {
     }
 
     /// `applyPrompts`: pass the patch embeddings through the learned prompts' adapter (if any).
-    func windowLogits(_ image: RGBImage, queries: [[Float]], collectFeatures: Bool = false, applyPrompts: Bool = true,
+    func windowLogits(_ image: RGBImage, queries: [[Float]], set: ClassSet? = nil, collectFeatures: Bool = false, applyPrompts: Bool = true,
                       timings: inout [String: Double]) throws -> WindowLogits {
         guard !queries.isEmpty else { throw ZeroSegError("no queries") }
         let o = options, p = model.config.vision.patchSize
@@ -319,15 +320,28 @@ public final class Segmenter: @unchecked Sendable {
                     }
                 }
             }
-            let (emb, gh, gw) = try model.densePatchEmbeddings(pixels: px.ptr, batch: nb, height: ch, width: cw,
+            // An image-conditioned head scores the windows itself (its own prompted encoder);
+            // otherwise: dense patch embeddings (through the linear head's adapter) against the queries.
+            let scored = applyPrompts ? try prompts?.scoreWindows(pixels: px.ptr, batch: nb, height: ch, width: cw, queries: queries,
+                                                                  set: set, model: model, threads: threads) : nil
+            let emb: Buffer, gh: Int, gw: Int
+            if let scored {
+                (emb, gh, gw) = (scored.patches, scored.gridHeight, scored.gridWidth)
+            } else {
+                (emb, gh, gw) = try model.densePatchEmbeddings(pixels: px.ptr, batch: nb, height: ch, width: cw,
                                                                method: o.method, gaussianStd: o.gaussianStd, threads: threads)
-            if applyPrompts, let prompts { prompts.adaptPatchEmbeddings(emb.ptr, rows: nb * gh * gw) }
+                if applyPrompts, let prompts { prompts.adaptPatchEmbeddings(emb.ptr, rows: nb * gh * gw) }
+            }
             lap("image_encoder")
             let g = gh * gw
             let lg = Buffer(q * g), up = Buffer(q * ch * cw)
             for (bi, win) in wins[i..<j].enumerated() {
-                // lg[Q, g] = queries · patchesᵀ
-                gemmNT(qbuf.ptr, lda: dim, emb.ptr + bi * g * dim, ldb: dim, lg.ptr, ldc: g, m: q, n: g, k: dim)
+                if let scored {
+                    lg.ptr.update(from: scored.scores.ptr + bi * q * g, count: q * g)  // [Q, g] of this window
+                } else {
+                    // lg[Q, g] = queries · patchesᵀ
+                    gemmNT(qbuf.ptr, lda: dim, emb.ptr + bi * g * dim, ldb: dim, lg.ptr, ldc: g, m: q, n: g, k: dim)
+                }
                 resizeBilinearCHW(lg.ptr, channels: q, height: gh, width: gw, up.ptr, outHeight: ch, outWidth: cw)
                 for c in 0..<q {
                     for y in 0..<ch {
@@ -363,8 +377,8 @@ public final class Segmenter: @unchecked Sendable {
         return result
     }
 
-    func logits(_ image: RGBImage, queries: [[Float]], keepRaw: Bool, timings: inout [String: Double]) throws -> (SegmentationInternals, [String: Double]) {
-        let win = try windowLogits(image, queries: queries, timings: &timings)
+    func logits(_ image: RGBImage, queries: [[Float]], set: ClassSet?, keepRaw: Bool, timings: inout [String: Double]) throws -> (SegmentationInternals, [String: Double]) {
+        let win = try windowLogits(image, queries: queries, set: set, timings: &timings)
         let (raw, refined) = try originalSizeLogits(win, image: image, keepRaw: keepRaw, timings: &timings)
         let internals = SegmentationInternals(rawLogits: raw, refinedLogits: refined, rescaled: win.normalised,
                                               rescaledWidth: win.width, rescaledHeight: win.height, windows: win.windows)
@@ -403,10 +417,10 @@ public final class Segmenter: @unchecked Sendable {
 
     /// Logits [Q, H, W] at the original size (refined when PAMR is on) and the dense-feature grid
     /// of the same pass (for two-stage proposals and mask pooling).
-    public func logitsAndFeatures(_ image: RGBImage, queries: [[Float]], timings: inout [String: Double]) throws -> ([Float], FeatureGrid) {
+    public func logitsAndFeatures(_ image: RGBImage, queries: [[Float]], set: ClassSet? = nil, timings: inout [String: Double]) throws -> ([Float], FeatureGrid) {
         let budget = enterThreads(threads)
         defer { budget.leave() }
-        let win = try windowLogits(image, queries: queries, collectFeatures: true, timings: &timings)
+        let win = try windowLogits(image, queries: queries, set: set, collectFeatures: true, timings: &timings)
         let (raw, refined) = try originalSizeLogits(win, image: image, keepRaw: false, timings: &timings)
         return (refined ?? raw, win.features!)
     }

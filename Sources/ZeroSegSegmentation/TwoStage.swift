@@ -114,7 +114,7 @@ public final class TwoStageSegmenter: @unchecked Sendable {
         }
         let (h, w) = (image.height, image.width), hw = h * w
         var timings: [String: Double] = [:]
-        let (logits, features) = try segmenter.logitsAndFeatures(image, queries: queries, timings: &timings)
+        let (logits, features) = try segmenter.logitsAndFeatures(image, queries: queries, set: set, timings: &timings)
         var clock = Stopwatch()
         func lap(_ name: String) { clock.lap(name, into: &timings) }
         let nc = set.classes.count, rows = nc + (set.background.isEmpty ? 0 : 1)
@@ -133,28 +133,62 @@ public final class TwoStageSegmenter: @unchecked Sendable {
         lap("proposals")
         var crops: [Float] = []
         var embeddings: [[Float]] = []
-        var scale: Float
+        let pr: [[Float]]
+        let head = segmenter.prompts
         switch options.regionFeatures {
         case .crop:
             crops = try regionCrops(image, masks: masks)
             let s = model.preprocessor.cropSize
+            var regionLogits: [[Float]] = []
             var i = 0
             while i < masks.count {
                 let nb = min(max(1, options.cropBatch), masks.count - i)
-                let e = try crops.withUnsafeBufferPointer {
-                    try model.encodePixels($0.baseAddress! + i * 3 * s * s, batch: nb, height: s, width: s, threads: segmenter.threads)
+                // An image-conditioned head scores each crop as a window: the region's logits are its
+                // score maps averaged over the crop's patches (the crop is the mask's box, outside
+                // the mask CLIP's mean colour). Otherwise: the crop's CLIP image embedding.
+                let scored = try crops.withUnsafeBufferPointer {
+                    try head?.scoreWindows(pixels: $0.baseAddress! + i * 3 * s * s, batch: nb, height: s, width: s, queries: queries,
+                                           set: set, model: model, threads: segmenter.threads)
                 }
-                embeddings += e
+                if let scored {
+                    let q = queries.count, g = scored.gridHeight * scored.gridWidth
+                    for b in 0..<nb {
+                        regionLogits.append((0..<q).map { k in
+                            var sum: Float = 0
+                            for j in 0..<g { sum += scored.scores[(b * q + k) * g + j] }
+                            return sum / Float(g)
+                        })
+                    }
+                } else {
+                    embeddings += try crops.withUnsafeBufferPointer {
+                        try model.encodePixels($0.baseAddress! + i * 3 * s * s, batch: nb, height: s, width: s, threads: segmenter.threads)
+                    }
+                }
                 i += nb
             }
-            scale = model.scale
+            if regionLogits.isEmpty {
+                pr = embeddings.map { regionProbabilities($0, queries: queries, owners: owners, rows: rows, scale: model.scale) }
+            } else {
+                pr = regionLogits.map { regionProbabilities(logits: $0, owners: owners, rows: rows, scale: segmenter.options.logitScale) }
+            }
             lap("region_encoder")
         case .pooled:
-            embeddings = masks.map { pooledEmbedding($0, features: features) }
-            scale = segmenter.options.logitScale
+            if head?.scoresWindows == true {
+                // An image-conditioned head's logits are not cosines of patch and query embeddings:
+                // the region's logits are the one-stage logits averaged over the mask.
+                let q = queries.count
+                pr = masks.map { m in
+                    var sums = [Double](repeating: 0, count: q)
+                    for px in 0..<hw where m.bits[px] != 0 { for k in 0..<q { sums[k] += Double(logits[k * hw + px]) } }
+                    return regionProbabilities(logits: sums.map { Float($0 / Double(max(1, m.area))) }, owners: owners, rows: rows,
+                                               scale: segmenter.options.logitScale)
+                }
+            } else {
+                embeddings = masks.map { pooledEmbedding($0, features: features) }
+                pr = embeddings.map { regionProbabilities($0, queries: queries, owners: owners, rows: rows, scale: segmenter.options.logitScale) }
+            }
             lap("region_pooling")
         }
-        let pr = embeddings.map { regionProbabilities($0, queries: queries, owners: owners, rows: rows, scale: scale) }
         let (fused, owner) = Self.fuse(oneStage: p1, rows: rows, pixels: hw, masks: masks, regions: pr, lambda: options.fusionLambda)
         let labels = try labelPixels(fused, rows: rows, pixels: hw, classes: nc, hasBackground: !set.background.isEmpty,
                                  threshold: segmenter.options.threshold)
@@ -229,7 +263,12 @@ public final class TwoStageSegmenter: @unchecked Sendable {
 
     /// [R] = max over each class's names of softmax over all names of scale · cos(e, query).
     public func regionProbabilities(_ e: [Float], queries: [[Float]], owners: [Int], rows: Int, scale: Float) -> [Float] {
-        let logits = queries.map { q in zip(q, e).reduce(Float(0)) { $0 + $1.0 * $1.1 } * scale }
+        regionProbabilities(logits: queries.map { q in zip(q, e).reduce(Float(0)) { $0 + $1.0 * $1.1 } }, owners: owners, rows: rows, scale: scale)
+    }
+
+    /// Softmax of logits [Q] × scale, max over each row's (class's) queries: [rows].
+    public func regionProbabilities(logits raw: [Float], owners: [Int], rows: Int, scale: Float) -> [Float] {
+        let logits = raw.map { $0 * scale }
         let mx = logits.max() ?? 0
         let ex = logits.map { expf($0 - mx) }
         let z = ex.reduce(0, +)

@@ -59,6 +59,16 @@ public struct TuneReport: Codable, Sendable, Equatable {
     public var promptNames: [String]
     public var training: Training
     public var loss: Loss
+    /// The head ("linear", "zegclip", "denseclip"); nil in files written before heads existed
+    /// (= linear).
+    public var head: String?
+    /// The image-conditioned head's settings (nil for the linear head).
+    public var headSettings: HeadSettings?
+    /// Every name of every seen class, lower-cased (the sigmoid head's calibration).
+    public var seenNames: [String]?
+    /// `loss.initial` and `loss.final` again under the keys of issue 13 (image-conditioned heads).
+    public var initialLoss: Double?
+    @Nullable public var finalLoss: Double?
 
     public init(header: RecordHeader, settings: SettingsRecord, seen: [String], unseen: [String], promptNames: [String],
                 training: Training, loss: Loss) {
@@ -66,7 +76,10 @@ public struct TuneReport: Codable, Sendable, Equatable {
         self.promptNames = promptNames; self.training = training; self.loss = loss
     }
 
-    enum CodingKeys: String, CodingKey { case settings, seen, unseen, promptNames = "prompt_names", training, loss }
+    enum CodingKeys: String, CodingKey {
+        case settings, seen, unseen, promptNames = "prompt_names", training, loss, head, headSettings = "head_settings",
+             seenNames = "seen_names", initialLoss = "initial_loss", finalLoss = "final_loss"
+    }
     public init(from decoder: any Decoder) throws {
         header = try RecordHeader(from: decoder)
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -76,6 +89,11 @@ public struct TuneReport: Codable, Sendable, Equatable {
         promptNames = try c.decode([String].self, forKey: .promptNames)
         training = try c.decode(Training.self, forKey: .training)
         loss = try c.decode(Loss.self, forKey: .loss)
+        head = try c.decodeIfPresent(String.self, forKey: .head)
+        headSettings = try c.decodeIfPresent(HeadSettings.self, forKey: .headSettings)
+        seenNames = try c.decodeIfPresent([String].self, forKey: .seenNames)
+        initialLoss = try c.decodeIfPresent(Double.self, forKey: .initialLoss)
+        finalLoss = try c.decodeIfPresent(Double.self, forKey: .finalLoss)
     }
     public func encode(to encoder: any Encoder) throws {
         try header.encode(to: encoder)
@@ -86,6 +104,13 @@ public struct TuneReport: Codable, Sendable, Equatable {
         try c.encode(promptNames, forKey: .promptNames)
         try c.encode(training, forKey: .training)
         try c.encode(loss, forKey: .loss)
+        if let head {  // nil only in records read from files made before heads existed
+            try c.encode(head, forKey: .head)
+            try c.encodeIfPresent(headSettings, forKey: .headSettings)
+            try c.encodeIfPresent(seenNames, forKey: .seenNames)
+            try c.encodeIfPresent(initialLoss, forKey: .initialLoss)
+            try c.encode(_finalLoss, forKey: .finalLoss)
+        }
     }
 }
 
@@ -173,11 +198,16 @@ public struct TuneOptions: Sendable, Equatable {
     public var featureCache = true
     /// Timings and the date in the report; false: every timing 0 and no date.
     public var timings = true
+    /// The head and its settings (default: zegclip with 10 visual prompts, as the CLI). With
+    /// `head.head` = .linear (the linear head of Prompts.swift) set `head.visualPrompts` to 0; the
+    /// other head settings are then unused.
+    public var head = HeadSettings()
     public init() {}
 
     /// Errors of kind `.invalidArgument(parameter:)`.
     public func validate() throws {
         try training.validate()
+        try head.validate()
         if contextPhrase == nil && !(1...60).contains(contextLength) {
             throw ZeroSegError.invalidArgument("the number of context vectors must be between 1 and 60", parameter: "contextLength")
         }
@@ -196,9 +226,12 @@ public enum TuneOutcome: Sendable {
     case stopped(epoch: Int, of: Int, checkpoint: URL)
 }
 
-public struct TuneResult: Sendable {
+public struct TuneResult: @unchecked Sendable {
     public let report: TuneReport
-    public let prompts: LearnedPrompts
+    /// The linear head's prompts (nil for an image-conditioned head).
+    public let prompts: LearnedPrompts?
+    /// An image-conditioned head's prompts (nil for the linear head).
+    public var headPrompts: HeadPrompts? = nil
     /// Training images, and how many of their features came from the cache.
     public let examples: Int
     public let cachedFeatures: Int
@@ -236,6 +269,9 @@ public final class PromptTraining: @unchecked Sendable {
                     features: ((_ done: Int, _ total: Int, _ stem: String) -> Void)? = nil,
                     step: ((_ epoch: Int, _ step: Int, _ steps: Int, _ loss: Float) -> Void)? = nil,
                     resumed: ((_ checkpoint: URL, _ epoch: Int) -> Void)? = nil) throws -> TuneOutcome {
+        if options.head.head != .linear {
+            return try runHead(model: model, threads: threads, examples: features, step: step, resumed: resumed)
+        }
         let t0 = Date()
         let segmenter = try Segmenter(model: model, options: segmentation.options, threads: threads)
         let cache = options.featureCache ? FeatureCache(model: model, options: segmenter.options) : nil
@@ -274,9 +310,76 @@ public final class PromptTraining: @unchecked Sendable {
         return .finished(TuneResult(report: r, prompts: tuner.prompts, examples: examples.count, cachedFeatures: cached))
     }
 
+    /// Training of an image-conditioned head: crops with the encoder in the loop (HeadTraining.swift).
+    func runHead(model: CLIPModel, threads: Int, examples progress: ((_ done: Int, _ total: Int, _ stem: String) -> Void)?,
+                 step: ((_ epoch: Int, _ step: Int, _ steps: Int, _ loss: Float) -> Void)?,
+                 resumed: ((_ checkpoint: URL, _ epoch: Int) -> Void)?) throws -> TuneOutcome {
+        let t0 = Date()
+        let hs = options.head
+        let examples = try dataset.headExamples(model: model, shortSide: segmentation.options.shortSide, crop: hs.crop, progress: progress)
+        let tData = Date().timeIntervalSince(t0)
+        let c0 = try model.initialContext(count: options.contextLength, phrase: options.contextPhrase, seed: options.training.seed)
+        let d = dataset
+        let seenNames = d.seen.flatMap { d.classes.classes[$0] }.map { $0.lowercased() }
+        let prompts = try HeadPrompts(model: model, settings: hs, context: c0.values, contextLength: c0.count, seenNames: seenNames,
+                                      seed: options.training.seed, logitScale: segmentation.options.logitScale)
+        var training = options.training
+        training.threads = threads
+        var tuner = try HeadTuner(model: model, names: d.names, examples: examples, prompts: prompts, settings: training)
+        let first = try tuner.datasetLoss()
+        if options.resume, FileManager.default.fileExists(atPath: checkpoint.path) {
+            try PromptCheckpoint.restore(&tuner, from: checkpoint, model: model)
+            resumed?(checkpoint, tuner.epoch)
+        }
+        let t1 = Date()
+        struct Stopped: Error { let epoch: Int }
+        do {
+            try tuner.train(progress: { e, s, n, loss in step?(e, s, n, loss) }, endOfEpoch: { t in
+                try PromptCheckpoint.write(t, report: report(t, model: model, threads: threads, initialLoss: first, timings: [:]), to: checkpoint)
+                if t.epoch == options.stopAfterEpochs { throw Stopped(epoch: t.epoch) }
+            })
+        } catch let s as Stopped {
+            return .stopped(epoch: s.epoch, of: options.training.epochs, checkpoint: checkpoint)
+        }
+        let tTrain = Date().timeIntervalSince(t1)
+        let final = try tuner.datasetLoss()
+        let r = report(tuner, model: model, threads: threads, initialLoss: first, finalLoss: final,
+                       timings: ["features": tData, "training": tTrain, "total": Date().timeIntervalSince(t0)])
+        try HeadPromptFile(prompts: tuner.prompts, report: r).write(to: output)
+        try? FileManager.default.removeItem(at: checkpoint)
+        var result = TuneResult(report: r, prompts: nil, examples: examples.count, cachedFeatures: 0)
+        result.headPrompts = tuner.prompts
+        return .finished(result)
+    }
+
+    /// The report of an image-conditioned head's tuner.
+    public func report(_ t: HeadTuner, model: CLIPModel, threads: Int, initialLoss: Float, finalLoss: Float? = nil,
+                       timings: [String: Double]) -> TuneReport {
+        var r = report(settings: t.settings, epochsDone: t.epoch, contextLength: t.prompts.contextLength, examples: t.examples.count,
+                       epochLosses: t.epochLosses, model: model, threads: threads, initialLoss: initialLoss, finalLoss: finalLoss,
+                       timings: timings)
+        r.head = t.prompts.settings.head.rawValue
+        r.headSettings = t.prompts.settings
+        r.seenNames = t.prompts.seenNames.sorted()
+        r.initialLoss = Double(initialLoss)
+        r.finalLoss = finalLoss.map(Double.init)
+        return r
+    }
+
     /// The report of a tuner's state.
     public func report(_ t: PromptTuner, model: CLIPModel, threads: Int, initialLoss: Float, finalLoss: Float? = nil,
                        timings: [String: Double]) -> TuneReport {
+        var r = report(settings: t.settings, epochsDone: t.epoch, contextLength: t.prompts.contextLength, examples: t.examples.count,
+                       epochLosses: t.epochLosses, model: model, threads: threads, initialLoss: initialLoss, finalLoss: finalLoss,
+                       timings: timings)
+        r.head = HeadKind.linear.rawValue
+        r.initialLoss = Double(initialLoss)
+        r.finalLoss = finalLoss.map(Double.init)
+        return r
+    }
+
+    func report(settings ts: TuneSettings, epochsDone: Int, contextLength: Int, examples: Int, epochLosses: [Float], model: CLIPModel,
+                threads: Int, initialLoss: Float, finalLoss: Float?, timings: [String: Double]) -> TuneReport {
         let d = dataset
         let settings = SettingsRecord(segmentation: segmentation.record(background: d.classes.background),
                                       dataset: DatasetRecord(images: d.images.path, labels: d.labels.path, classesFile: classesFile,
@@ -285,9 +388,9 @@ public final class PromptTraining: @unchecked Sendable {
                           settings: settings, seen: d.seen.map { d.classes.displayNames[$0] },
                           unseen: d.classes.classes.indices.filter { !d.seen.contains($0) }.map { d.classes.displayNames[$0] },
                           promptNames: d.names,
-                          training: .init(settings: t.settings, epochsDone: t.epoch, contextLength: t.prompts.contextLength,
-                                          contextPhrase: options.contextPhrase, examples: t.examples.count),
-                          loss: .init(initial: Double(initialLoss), epochs: t.epochLosses.map(Double.init), final: finalLoss.map(Double.init)))
+                          training: .init(settings: ts, epochsDone: epochsDone, contextLength: contextLength,
+                                          contextPhrase: options.contextPhrase, examples: examples),
+                          loss: .init(initial: Double(initialLoss), epochs: epochLosses.map(Double.init), final: finalLoss.map(Double.init)))
     }
 }
 
@@ -317,15 +420,45 @@ public enum PromptCheckpoint {
     }
 }
 
+extension PromptCheckpoint {
+    /// An image-conditioned head's checkpoint: its prompt file plus `optimizer.m`, `optimizer.v`,
+    /// `optimizer.step` and `epoch`.
+    public static func write(_ t: HeadTuner, report: TuneReport, to url: URL) throws {
+        try HeadPromptFile(prompts: t.prompts, report: report).write(to: url, extra: [
+            ("optimizer.m", [t.optimizer.m.count], t.optimizer.m), ("optimizer.v", [t.optimizer.v.count], t.optimizer.v),
+            ("optimizer.step", [], [Float(t.optimizer.step)]), ("epoch", [], [Float(t.epoch)]),
+        ])
+    }
+
+    public static func restore(_ t: inout HeadTuner, from url: URL, model: CLIPModel) throws {
+        try classifyingErrors(as: .badInput(file: url.path)) {
+            let f = try HeadPromptFile(url: url, model: model)
+            let st = try SafetensorsFile(path: url.path)
+            guard f.prompts.parameters.sameLayout(as: t.prompts.parameters), f.prompts.settings == t.prompts.settings else {
+                throw ZeroSegError("\(url.path): a checkpoint of other head settings")
+            }
+            t.prompts = f.prompts
+            try t.optimizer.restore(step: Int(try st.floats("optimizer.step")[0]), m: try st.floats("optimizer.m"), v: try st.floats("optimizer.v"))
+            t.epoch = Int(try st.floats("epoch")[0])
+            t.epochLosses = (f.report?.loss.epochs ?? []).map(Float.init)
+        }
+    }
+}
+
 // MARK: - Learned prompts for segmentation
 
 extension SegmentationSettings {
     /// The learned prompts `prompts` names (nil when none), checked against the model (made for
     /// another model: an error of kind `.badInput(file:)`). `warn` gets one line when they were
     /// tuned with other settings that shape the features (method, short side, windows).
-    public func loadPrompts(model: CLIPModel, warn: (String) -> Void = { _ in }) throws -> LearnedPrompts? {
+    public func loadPrompts(model: CLIPModel, warn: (String) -> Void = { _ in }) throws -> (any PromptHead)? {
         guard let prompts else { return nil }
-        let f = try PromptFile(url: URL(fileURLWithPath: prompts), model: model)
+        let url = URL(fileURLWithPath: prompts)
+        if try HeadPromptFile.format(of: url) == HeadPromptFile.format {
+            // An image-conditioned head runs its own prompted encoder: the dense method is not used.
+            return try HeadPromptFile(url: url, model: model).prompts
+        }
+        let f = try PromptFile(url: url, model: model)
         if let made = f.info["settings"] as? [String: Any] {
             // compared after a JSON round trip, as the file's settings went through one
             let now = (try? JSONOutput.data(record(background: [])))

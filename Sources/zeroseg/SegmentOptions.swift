@@ -71,13 +71,21 @@ struct SegmentationArguments: ParsableArguments {
     @Option(help: "Two-stage: read the masks instead of proposing them: DIR/NAME/*.png for input NAME (for a single input DIR/*.png also works); non-zero pixels are inside, e.g. from SAM.")
     var masks: String?
 
-    @Option(help: "Learned prompts from `zeroseg tune` (CoOp context, patch adapter, logit scale): used for every class name, seen or not; --templates and --logit-scale are then unused.")
+    @Option(help: "Learned prompts from `zeroseg tune` (any head): used for every class name, seen or not; --templates and --logit-scale are then unused (and --method with a zegclip or denseclip head, which runs its own prompted encoder).")
     var prompts: String?
+
+    @Option(help: "With --prompts of a head trained with --loss sigmoid: subtracted from the seen classes' sigmoid scores (ZegCLIP's calibration; default: the value the head was tuned with, 0.1).")
+    var seenBias: Float?
 
     /// The learned prompts of --prompts (nil without), checked against the model (another
     /// model: error; other settings: a warning).
-    func loadPrompts(model: CLIPModel) throws -> LearnedPrompts? {
-        try settings().loadPrompts(model: model, warn: { printErr("warning: \($0)") })
+    func loadPrompts(model: CLIPModel) throws -> (any PromptHead)? {
+        let p = try settings().loadPrompts(model: model, warn: { printErr("warning: \($0)") })
+        if let seenBias, var h = p as? HeadPrompts {
+            try validating { h.settings.seenBias = seenBias; try h.settings.validate() }
+            return h
+        }
+        return p
     }
 
     var twoStageFlagsGiven: [String] {

@@ -3,15 +3,20 @@ import Foundation
 import ZeroSeg
 
 extension TuneOptimizer: ExpressibleByArgument {}
+extension HeadKind: ExpressibleByArgument {}
+extension SegLossKind: ExpressibleByArgument {}
 
 struct Tune: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Learn prompts on seen classes (CoOp context vectors + a light pixel-text head), CLIP frozen.",
+        abstract: "Learn prompts on seen classes (CoOp context vectors + a pixel-text head), CLIP frozen.",
         discussion: """
             Inductive: the unseen classes' names are never used and their pixels are left out of the loss \
-            (so is the --ignore label). The frozen image encoder's dense patch embeddings of every training \
-            image are computed once (the slow part, with the segmentation settings given); then each step \
-            runs the text encoder on the seen classes' CoOp prompts, forward and backward. Writes a \
+            (so is the --ignore label). --head zegclip (default) or denseclip: deep visual prompts in the \
+            frozen image encoder and ZegCLIP's relationship descriptor + decoder or DenseCLIP's context \
+            decoder, trained on seeded random --crop crops (+ flips) of the images rescaled to --short-side, \
+            the encoder in the loop. --head linear: a residual adapter on the frozen encoder's dense patch \
+            embeddings, computed once per image (the slow part); each step then runs the text encoder on the \
+            seen classes' CoOp prompts, forward and backward. Writes a \
             safetensors prompt file for `zeroseg IMAGE --prompts P` and `zeroseg eval --prompts P`; \
             P.ckpt after every epoch (with --resume, training continues from it).
             """)
@@ -43,8 +48,23 @@ struct Tune: ParsableCommand {
     @Option(help: "Passes over the training images.")
     var epochs: Int = 5
 
-    @Option(help: "Peak learning rate (cosine schedule to 0).")
-    var lr: Float = 0.002
+    @Option(help: "Pixel-text head: zegclip (deep visual prompts, relationship descriptor, ATM decoder), denseclip (deep visual prompts, context decoder) or linear (adapter on cached features).")
+    var head: HeadKind = .zegclip
+
+    @Option(help: "Deep visual prompt tokens per encoder layer (zegclip, denseclip; 0: none).")
+    var visualPrompts: Int?
+
+    @Option(help: "Decoder layers of the zegclip / denseclip head.")
+    var decoderLayers: Int = 3
+
+    @Option(help: "Loss: softmax (cross-entropy) or sigmoid (ZegCLIP's per-class focal + dice; zegclip / denseclip heads).")
+    var loss: SegLossKind = .softmax
+
+    @Option(help: "Side of the square random training crops (zegclip, denseclip).")
+    var crop: Int = 224
+
+    @Option(help: "Peak learning rate (cosine schedule to 0; default 0.002 for --head linear, 0.001 for the others).")
+    var lr: Float?
 
     @Option(help: "Images per step.")
     var batch: Int = 8
@@ -52,7 +72,7 @@ struct Tune: ParsableCommand {
     @Option(help: "adamw or sgd (momentum 0.9).")
     var optimizer: TuneOptimizer = .adamw
 
-    @Option(help: "Weight decay of the adapter matrix (pulls the head back to the identity).")
+    @Option(help: "Weight decay of the adapter matrix (linear head: pulls it back to the identity) or of the decoder's linear weights.")
     var weightDecay: Float = 0.01
 
     @Option(help: "Seed of the shuffling and of a random context.")
@@ -87,15 +107,26 @@ struct Tune: ParsableCommand {
         }
         try validating { try tuneOptions().validate() }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+        if head == .linear {
+            if let v = visualPrompts, v != 0 { throw ValidationError("--visual-prompts needs --head zegclip or denseclip (the linear head trains on cached features)") }
+            if loss != .softmax { throw ValidationError("--loss sigmoid needs --head zegclip or denseclip") }
+        } else if noFeatureCache {
+            throw ValidationError("--no-feature-cache is for --head linear: the zegclip and denseclip heads run the encoder in the loop")
+        }
+        if crop > seg.shortSide { throw ValidationError("--crop \(crop) is larger than --short-side \(seg.shortSide): the crops are cut from the rescaled images") }
     }
 
     /// The library's options from the flags.
     func tuneOptions() -> TuneOptions {
         var o = TuneOptions()
-        o.training.epochs = epochs; o.training.lr = lr; o.training.batch = batch; o.training.optimizer = optimizer
+        o.training.epochs = epochs; o.training.lr = lr ?? (head == .linear ? 0.002 : 0.001); o.training.batch = batch; o.training.optimizer = optimizer
         o.training.weightDecay = weightDecay; o.training.seed = seed; o.training.threads = options.threads
         o.contextLength = ctx; o.contextPhrase = ctxInit
         o.stopAfterEpochs = stopAfterEpochs; o.resume = resume; o.featureCache = !noFeatureCache; o.timings = !noTimings
+        o.head.head = head
+        o.head.visualPrompts = head == .linear ? 0 : (visualPrompts ?? 10)
+        o.head.decoderLayers = decoderLayers; o.head.loss = loss; o.head.crop = crop
+        if let b = seg.seenBias { o.head.seenBias = b }
         return o
     }
 
@@ -114,7 +145,8 @@ struct Tune: ParsableCommand {
         let outcome = try training.run(
             model: model, threads: options.threads,
             features: { i, _, stem in
-                features.update(i, i == dataset.pairs.count ? "features done" : "features \(stem)")
+                features.update(i, i == dataset.pairs.count ? (head == .linear ? "features done" : "images loaded")
+                                                              : (head == .linear ? "features \(stem)" : "loading \(stem)"))
                 if i == dataset.pairs.count { features.finish() }
             },
             step: { e, s, n, loss in
@@ -128,9 +160,15 @@ struct Tune: ParsableCommand {
             print("stopped after epoch \(epoch) of \(of); continue with --resume (checkpoint \(checkpoint.path))")
         case .finished(let r):
             let t = r.report.header.timings, loss = r.report.loss
-            print(String(format: "tuned on %d images, %d seen classes (%@): loss %.4f -> %.4f over %d epochs; features %.1f s (%d cached), training %.1f s, peak RSS %.0f MB",
-                         r.examples, r.report.promptNames.count, r.report.promptNames.joined(separator: ", "), loss.initial, loss.final ?? .nan,
-                         epochs, t["features"] ?? 0, r.cachedFeatures, t["training"] ?? 0, Double(Bench.peakRSS()) / 1e6))
+            if head == .linear {
+                print(String(format: "tuned on %d images, %d seen classes (%@): loss %.4f -> %.4f over %d epochs; features %.1f s (%d cached), training %.1f s, peak RSS %.0f MB",
+                             r.examples, r.report.promptNames.count, r.report.promptNames.joined(separator: ", "), loss.initial, loss.final ?? .nan,
+                             epochs, t["features"] ?? 0, r.cachedFeatures, t["training"] ?? 0, Double(Bench.peakRSS()) / 1e6))
+            } else {
+                print(String(format: "tuned the %@ head on %d images, %d seen classes (%@): loss %.4f -> %.4f over %d epochs; images %.1f s, training %.1f s, peak RSS %.0f MB",
+                             head.rawValue, r.examples, r.report.promptNames.count, r.report.promptNames.joined(separator: ", "), loss.initial,
+                             loss.final ?? .nan, epochs, t["features"] ?? 0, t["training"] ?? 0, Double(Bench.peakRSS()) / 1e6))
+            }
             print("wrote \(training.output.path)")
             if model.isSynthetic { printErr("warning: tuned on SYNTHETIC random weights: the prompts are meaningless") }
         }

@@ -446,7 +446,7 @@ func makeDataset(reduceZero: Bool = false) throws -> (images: URL, labels: URL) 
         let dir = temporaryDirectory("zeroseg-tune-cli")
         let p = dir.appendingPathComponent("p.safetensors")
         let r = try runCLI(["tune", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass|lawn,wall",
-                            "--seen", "cat,wall", "--out", p.path, "--ctx", "3", "--epochs", "2", "--batch", "2", "--lr", "0.01", "--quiet"] + small)
+                            "--seen", "cat,wall", "--out", p.path, "--head", "linear", "--ctx", "3", "--epochs", "2", "--batch", "2", "--lr", "0.01", "--quiet"] + small)
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.hasPrefix("tuned on 3 images, 2 seen classes (cat, wall): loss "), "\(r.stdout)")
         #expect(r.stdout.hasSuffix("wrote \(p.path)\n"))
@@ -488,7 +488,7 @@ func makeDataset(reduceZero: Bool = false) throws -> (images: URL, labels: URL) 
         let dir = temporaryDirectory("zeroseg-tune-resume")
         let a = dir.appendingPathComponent("a.safetensors"), b = dir.appendingPathComponent("b.safetensors")
         let base = ["tune", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass|lawn,wall",
-                    "--unseen", "grass", "--ctx", "2", "--batch", "2", "--lr", "0.01", "--quiet"] + small
+                    "--unseen", "grass", "--head", "linear", "--ctx", "2", "--batch", "2", "--lr", "0.01", "--quiet"] + small
         let env = ["XDG_CACHE_HOME": dir.appendingPathComponent("cache").path]  // one feature cache for these runs
         func runCLI(_ a: [String]) throws -> CLIResult { try ZeroSegTests.runCLI(a, environment: env) }
         #expect(try runCLI(base + ["--out", a.path, "--epochs", "3"]).status == 0)
@@ -531,7 +531,7 @@ func makeDataset(reduceZero: Bool = false) throws -> (images: URL, labels: URL) 
         let (images, labels) = try makeDataset()
         let p = temporaryDirectory("zeroseg-tune-bad").appendingPathComponent("p.safetensors")
         let r = try runCLI(["tune", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass,wall",
-                            "--out", p.path, "--quiet"] + small + extra)
+                            "--out", p.path, "--head", "linear", "--quiet"] + small + extra)
         #expect(r.status != 0 && r.stderr.hasPrefix("error: ") && r.stderr.split(separator: "\n").count == 1, "\(extra): \(r.stderr)")
         #expect(!FileManager.default.fileExists(atPath: p.path))
     }

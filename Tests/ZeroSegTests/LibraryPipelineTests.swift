@@ -132,7 +132,7 @@ import ZeroSeg
         let dir = temporaryDirectory("zeroseg-lib-tune")
         let cliFile = dir.appendingPathComponent("cli.safetensors"), libFile = dir.appendingPathComponent("lib.safetensors")
         let r = try runCLI(["tune", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass|lawn,wall", "--seen", "cat,wall",
-                            "--out", cliFile.path, "--ctx", "3", "--epochs", "2", "--batch", "2", "--lr", "0.01", "--no-feature-cache"] + small,
+                            "--out", cliFile.path, "--head", "linear", "--ctx", "3", "--epochs", "2", "--batch", "2", "--lr", "0.01", "--no-feature-cache"] + small,
                            environment: Self.sameKernels)
         #expect(r.status == 0, "\(r.stderr)")
 
@@ -142,6 +142,7 @@ import ZeroSeg
         var o = TuneOptions()
         o.training.epochs = 2; o.training.batch = 2; o.training.lr = 0.01
         o.contextLength = 3; o.featureCache = false; o.timings = false
+        o.head.head = .linear; o.head.visualPrompts = 0
         let training = try PromptTraining(dataset: dataset, segmentation: Self.settings, options: o, output: libFile)
         let model = try CLIPModel(directory: GoldenModelTests.tinyDir)
         guard case .finished(let result) = try training.run(model: model, threads: 2) else {
