@@ -56,6 +56,7 @@ struct Eval: ParsableCommand {
         guard (0...255).contains(ignore) else { throw ValidationError("--ignore must be between 0 and 255") }
         if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
         if savePredictions && out == nil { throw ValidationError("--save-predictions needs --out") }
+        if seg.seenBias != nil && seg.prompts == nil { throw ValidationError("--seen-bias needs --prompts (a head tuned with --loss sigmoid)") }
     }
 
     /// The library's settings from the flags (the class set resolves --seen).

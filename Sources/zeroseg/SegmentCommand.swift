@@ -36,6 +36,7 @@ struct Segment: ParsableCommand {
     func validate() throws {
         if inputs.isEmpty { throw ValidationError("give at least one IMAGE or folder") }
         if saveProposals && seg.mode != .twoStage { throw ValidationError("--save-proposals needs --mode two-stage") }
+        if seg.seenBias != nil && seg.prompts == nil { throw ValidationError("--seen-bias needs --prompts (a head tuned with --loss sigmoid)") }
     }
 
     var outputs: SegmentationOutputs {

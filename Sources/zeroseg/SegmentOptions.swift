@@ -74,7 +74,7 @@ struct SegmentationArguments: ParsableArguments {
     @Option(help: "Learned prompts from `zeroseg tune` (any head): used for every class name, seen or not; --templates and --logit-scale are then unused (and --method with a zegclip or denseclip head, which runs its own prompted encoder).")
     var prompts: String?
 
-    @Option(help: "With --prompts of a head trained with --loss sigmoid: subtracted from the seen classes' sigmoid scores (ZegCLIP's calibration; default: the value the head was tuned with, 0.1).")
+    @Option(help: "With --prompts of a head tuned with --loss sigmoid (or in tune, with --loss sigmoid): subtracted from the seen classes' sigmoid scores (ZegCLIP's calibration; default: the value the head was tuned with, 0.1).")
     var seenBias: Float?
 
     /// The learned prompts of --prompts (nil without), checked against the model (another

@@ -175,6 +175,24 @@ func makeContextDataset(count: Int = 8) throws -> (images: URL, labels: URL) {
         let o = try runCLI([images.appendingPathComponent("img0.png").path, "--classes", "dog", "--prompts", p.path,
                             "--out", dir.appendingPathComponent("segx").path, "--model", other.path, "--quiet"])
         #expect(o.status != 0 && o.stderr.hasPrefix("error: prompts \(p.path) were made for model ") && o.stderr.split(separator: "\n").count == 1, "\(o.stderr)")
+        // --seen-bias: overrides the file's at test time; without --prompts, refused
+        let b = try runCLI([images.appendingPathComponent("img0.png").path, "--classes", "cat,wall", "--prompts", p.path, "--seen-bias", "0.3",
+                            "--out", dir.appendingPathComponent("segb").path, "--quiet"] + small)
+        #expect(b.status == 0, "\(b.stderr)")
+        let nb = try runCLI([images.appendingPathComponent("img0.png").path, "--classes", "cat", "--seen-bias", "0.3",
+                             "--out", dir.appendingPathComponent("segc").path, "--quiet"] + small)
+        #expect(nb.status == 2 && nb.stderr.contains("--seen-bias needs --prompts"), "\(nb.stderr)")
+    }
+
+    /// No visual prompts: the encoder runs as is (no vision backward), the head still learns.
+    @Test func zeroVisualPrompts() throws {
+        let (images, labels) = try makeDataset()
+        let p = temporaryDirectory("zeroseg-headtune-novpt").appendingPathComponent("p.safetensors")
+        let r = try runCLI(["tune", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass,wall", "--seen", "cat,wall",
+                            "--out", p.path, "--epochs", "1", "--crop", "32", "--visual-prompts", "0", "--decoder-layers", "1", "--quiet"] + small)
+        #expect(r.status == 0, "\(r.stderr)")
+        let f = try SafetensorsFile(path: p.path)
+        #expect(f.tensors["visual_prompts.embeddings"] == nil && f.tensors["decode_head.q_proj.weight"] != nil)
     }
 
     @Test func resumeContinuesFromTheCheckpoint() throws {
