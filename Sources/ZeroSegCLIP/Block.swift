@@ -15,7 +15,8 @@ import ZeroSegCore
 //   class token, first, or the end token, last): keys and values are computed for every row,
 //   queries, attention output and MLP for those rows only;
 // - what it records: nothing; q | k | v (for a prefix's continuations); or a `LayerTape`, what
-//   `textBackward` (ZeroSegTuning) needs. Hidden states for golden dumps are recorded by the
+//   `textBackward` (ZeroSegTuning) needs (recording, a prefix is a sequence of the same batch:
+//   the CoOp prompts' shared [SOT] ctx rows run once). Hidden states for golden dumps are recorded by the
 //   callers between layers.
 // The one other block is the dense last block (`denseLastLayer`, Dense.swift), which changes the
 // attention itself; it shares LN1, `outProj` and `mlp` with this one.
@@ -124,11 +125,20 @@ extension EncoderLayer {
         run(x, seqs, causal: causal, prefix: prefix, pooled: nil, keep: .qkv, scratch: scratch ?? BlockScratch()).qkv
     }
 
-    /// `forward` over all rows (no prefixes), recording what the backward pass needs. Attention
-    /// runs per (sequence, head), split over the thread budget (each pair computed the same way
-    /// whatever the split).
+    /// `forward` over all rows, recording what the backward pass needs. A sequence may continue a
+    /// prefix of the same batch: `s.prefix` = the index of an earlier sequence of `seqs` (itself
+    /// without prefix, `s.position` = its row count), whose keys and values it attends to as if the
+    /// prefix's rows came first (the prefix runs once for all its continuations). Attention runs per
+    /// (sequence, head), split over the thread budget (each pair computed the same way whatever
+    /// the split).
     package func forwardRecording(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool, scratch: BlockScratch? = nil) -> LayerTape {
-        run(x, seqs, causal: causal, prefix: nil, pooled: nil, keep: .tape, scratch: scratch ?? BlockScratch()).tape!
+        for (i, s) in seqs.enumerated() {
+            if let pi = s.prefix {
+                precondition(pi < i && seqs[pi].prefix == nil && s.position == seqs[pi].count,
+                             "forwardRecording: sequence \(i) does not continue an earlier sequence of the batch")
+            }
+        }
+        return run(x, seqs, causal: causal, prefix: nil, pooled: nil, keep: .tape, scratch: scratch ?? BlockScratch()).tape!
     }
 
     private enum Keep { case nothing, qkv, tape }
@@ -139,8 +149,10 @@ extension EncoderLayer {
         let record = keep == .tape
         let w = layerNorm1.dim, heads = selfAttn.heads, d = w / heads
         let rows = seqs.reduce(0) { $0 + $1.count }, ns = seqs.count
+        // Recording: sequence s continuing seqs[p] (same batch) has [H, T_s, T_p + T_s] probabilities.
+        func ownPrefixRows(_ s: RaggedSequence) -> Int { record ? s.prefix.map { seqs[$0].count } ?? 0 : 0 }
         let tape = record ? LayerTape(rows: rows, width: w, intermediate: fc1.outFeatures,
-                                      probs: seqs.reduce(0) { $0 + heads * $1.count * $1.count }) : nil
+                                      probs: seqs.reduce(0) { $0 + heads * $1.count * (ownPrefixRows($1) + $1.count) }) : nil
         tape?.input.ptr.update(from: x, count: rows * w)
         // h = LN1(x): [R, W]
         let h = scratch(.h, rows * w)
@@ -161,7 +173,7 @@ extension EncoderLayer {
         // a = attention output: [R, W], or [S, W] for the pooled rows (into h: LN1's output is not
         // needed any more)
         let aBuf = h, a = aBuf.ptr
-        func prefixOf(_ s: RaggedSequence) -> RaggedSequence? { s.prefix.flatMap { i in prefix.map { $0.seqs[i] } } }
+        func prefixOf(_ s: RaggedSequence) -> RaggedSequence? { record ? nil : s.prefix.flatMap { i in prefix.map { $0.seqs[i] } } }
         let maxKeys = seqs.map { $0.count + (prefixOf($0)?.count ?? 0) }.max() ?? 1
         let maxQueries = pooled == nil ? (seqs.map(\.count).max() ?? 1) : 1
         let scores = scratch(.scores, maxQueries * maxKeys)
@@ -169,21 +181,31 @@ extension EncoderLayer {
         let keys = scratch(.keys, hasPrefix ? maxKeys * w : 0), vals = scratch(.values, hasPrefix ? maxKeys * w : 0)
         let scale = 1 / Float(d).squareRoot()
         if let tape {
-            var probsOffset = 0
-            // Recording (all rows, no prefix): every (sequence, head) pair on its own, split over
-            // the thread budget; probabilities straight into the tape.
-            var offsets: [Int] = []
-            for s in seqs { offsets.append(probsOffset); probsOffset += heads * s.count * s.count }
+            // Recording (all rows): every (sequence, head) pair on its own, split over the thread
+            // budget; probabilities straight into the tape. A continuation's keys are its prefix's
+            // rows (np) then its own: scores [T, np + T] in two column blocks, p · v in two parts.
+            var offsets: [Int] = [], probsOffset = 0
+            for s in seqs { offsets.append(probsOffset); probsOffset += heads * s.count * (ownPrefixRows(s) + s.count) }
             let items = ns * heads, nt = min(threadBudget, items)
             nonisolated(unsafe) let (qkvP, aP, probsP) = (ConstFloatPtr(qkv.ptr), a, tape.probs.ptr)
             parallelFor(nt) { part in
                 for item in (items * part / nt)..<(items * (part + 1) / nt) {
                     let s = seqs[item / heads], hd = item % heads, t = s.count
-                    let own = qkvP + s.row * 3 * w, p = probsP + offsets[item / heads] + hd * t * t
-                    // p[T, T] = q_h k_hᵀ · scale, softmax per row; out[:, h] = p · v_h
-                    gemmNT(own + hd * d, lda: 3 * w, own + w + hd * d, ldb: 3 * w, p, ldc: t, m: t, n: t, k: d, alpha: scale)
-                    for r in 0..<t { zs_softmax_row(p + r * t, Int32(causal ? r + 1 : t), Int32(t)) }
-                    gemmNN(p, lda: t, own + 2 * w + hd * d, ldb: 3 * w, aP + s.row * w + hd * d, ldc: w, m: t, n: d, k: t)
+                    let np = s.prefix.map { seqs[$0].count } ?? 0, nk = np + t
+                    let own = qkvP + s.row * 3 * w, pre = qkvP + (s.prefix.map { seqs[$0].row } ?? 0) * 3 * w
+                    let p = probsP + offsets[item / heads] + hd * t * nk
+                    // p[T, nk] = q_h [k_pre; k_own]_hᵀ · scale, softmax per row (causal: up to
+                    // column np + r); out[:, h] = p[:, :np] · v_pre_h + p[:, np:] · v_own_h
+                    if np > 0 {
+                        gemmNT(own + hd * d, lda: 3 * w, pre + w + hd * d, ldb: 3 * w, p, ldc: nk, m: t, n: np, k: d, alpha: scale)
+                    }
+                    gemmNT(own + hd * d, lda: 3 * w, own + w + hd * d, ldb: 3 * w, p + np, ldc: nk, m: t, n: t, k: d, alpha: scale)
+                    for r in 0..<t { zs_softmax_row(p + r * nk, Int32(causal ? np + r + 1 : nk), Int32(nk)) }
+                    if np > 0 {
+                        gemmNN(p, lda: nk, pre + 2 * w + hd * d, ldb: 3 * w, aP + s.row * w + hd * d, ldc: w, m: t, n: d, k: np)
+                    }
+                    gemmNN(p + np, lda: nk, own + 2 * w + hd * d, ldb: 3 * w, aP + s.row * w + hd * d, ldc: w, m: t, n: d, k: t,
+                           beta: np > 0 ? 1 : 0)
                 }
             }
         }

@@ -14,6 +14,9 @@ import ZeroSegCLIP
 //   per (sequence, head): dV = Pᵀ da_h; dP = da_h V_hᵀ; dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √d;
 //                          dQ = dS K_h; dK = dSᵀ Q_h
 //   dx = dmid + LN1ᵀ(dqkv · Wqkv)
+// A sequence that continues a prefix of the batch (keys [K_pre; K], values [V_pre; V]) also
+// gives dK_pre = dS[:, :np]ᵀ Q_h and dV_pre = P[:, :np]ᵀ dO_h, added to the prefix's own after
+// all (sequence, head) pairs, in sequence order.
 // The products with the weights run once over all rows of all sequences (one big M, split over
 // the thread budget by `gemm`); attention per (sequence, head), the pairs split over the thread
 // budget. Every output element is computed the same way whatever the split, so a given input
@@ -55,24 +58,44 @@ extension EncoderLayer {
         // Attention. da[R, W] = dmid · Wo (into dH: dh2 is consumed)
         let dA = dH
         gemmNN(dx, lda: w, selfAttn.outProj.weight, ldb: w, dA.ptr, ldc: w, m: rows, n: w, k: w)
-        var offsets: [Int] = [], o = 0
-        for s in seqs { offsets.append(o); o += heads * s.count * s.count }
+        // Per (sequence, head). A continuation of a prefix of the batch (`forwardRecording`) also
+        // gives dK, dV of the prefix's rows: into its own slice dPre[S][np, 2W] (dK | dV), added to
+        // the prefix's rows afterwards in sequence order (deterministic whatever the split).
+        func prefixRows(_ s: RaggedSequence) -> Int { s.prefix.map { seqs[$0].count } ?? 0 }
+        var offsets: [Int] = [], o = 0, preOffsets: [Int] = [], po = 0
+        for s in seqs {
+            offsets.append(o); o += heads * s.count * (prefixRows(s) + s.count)
+            preOffsets.append(po); po += prefixRows(s) * 2 * w
+        }
         precondition(tape.probs.count == o, "EncoderLayer.backward: the tape's attention does not fit the sequences")
-        let items = seqs.count * heads, nt = min(threadBudget, items), maxT = seqs.map(\.count).max() ?? 0
-        let dPs = (0..<nt).map { scratch(3 + $0, maxT * maxT) }
-        nonisolated(unsafe) let (qkvP, probsP, dAP, dQKVP) = (ConstFloatPtr(tape.qkv.ptr), ConstFloatPtr(tape.probs.ptr), ConstFloatPtr(dA.ptr), dQKV.ptr)
+        let items = seqs.count * heads, nt = min(threadBudget, items)
+        let maxTK = seqs.map { $0.count * (prefixRows($0) + $0.count) }.max() ?? 0
+        let dPs = (0..<nt).map { scratch(4 + $0, maxTK) }, dPre = scratch(3, po)
+        nonisolated(unsafe) let (qkvP, probsP, dAP, dQKVP, dPreP) = (ConstFloatPtr(tape.qkv.ptr), ConstFloatPtr(tape.probs.ptr),
+                                                                     ConstFloatPtr(dA.ptr), dQKV.ptr, dPre.ptr)
         let dPPtrs = dPs.map(\.ptr)
         nonisolated(unsafe) let dPP = dPPtrs
         parallelFor(nt) { part in
             let dP = dPP[part]
             for item in (items * part / nt)..<(items * (part + 1) / nt) {
-                let s = seqs[item / heads], h = item % heads, t = s.count
-                attentionHeadBackward(qkv: qkvP + s.row * 3 * w, probs: probsP + offsets[item / heads] + h * t * t,
+                let si = item / heads, s = seqs[si], h = item % heads, t = s.count, np = prefixRows(s)
+                let pre = s.prefix.map { (qkv: qkvP + seqs[$0].row * 3 * w, dKV: dPreP + preOffsets[si]) }
+                attentionHeadBackward(qkv: qkvP + s.row * 3 * w, probs: probsP + offsets[si] + h * t * (np + t),
                                       dOut: dAP + s.row * w + h * d, dQKV: dQKVP + s.row * 3 * w, dP: dP,
-                                      tokens: t, width: w, head: h, headDim: d, causal: causal)
+                                      tokens: t, width: w, head: h, headDim: d, causal: causal,
+                                      prefix: pre.map { (qkv: $0.qkv, rows: np, dKV: $0.dKV) })
             }
         }
         withExtendedLifetime(dPs) {}
+        // dK, dV of each prefix's rows += its continuations' parts, in sequence order
+        for (si, s) in seqs.enumerated() {
+            guard let pi = s.prefix else { continue }
+            let ps = seqs[pi], src = dPre.ptr + preOffsets[si]
+            for r in 0..<ps.count {
+                let dst = dQKV.ptr + (ps.row + r) * 3 * w + w, sr = src + r * 2 * w
+                for j in 0..<(2 * w) { dst[j] += sr[j] }
+            }
+        }
         // dh1[R, W] = dqkv[R, 3W] · Wqkv[3W, W]; dx = dmid + LN1ᵀ(dh1)
         gemmNN(dQKV.ptr, lda: 3 * w, selfAttn.qkv.weight, ldb: w, dH.ptr, ldc: w, m: rows, n: w, k: 3 * w)
         layerNormBackward(layerNorm1, x: tape.input.ptr, mean: tape.ln1Mean.ptr, rstd: tape.ln1Rstd.ptr,
@@ -81,28 +104,42 @@ extension EncoderLayer {
 }
 
 /// Backward of one attention head of one sequence (single-threaded).
-/// qkv: [T, 3W] (row stride 3W), probs: [T, T] (softmax output, causal: zero past the diagonal),
-/// dOut: dL/d(head output) [T, d] (row stride W); writes dQ, dK, dV of the head into dQKV [T, 3W]
-/// (columns h·d, W + h·d, 2W + h·d); dP: scratch [T, T].
+/// qkv: [T, 3W] (row stride 3W), probs: [T, np + T] (softmax output over the prefix's keys, then
+/// the sequence's own; causal: zero past column np + r), dOut: dL/d(head output) [T, d] (row
+/// stride W); writes dQ, dK, dV of the head into dQKV [T, 3W] (columns h·d, W + h·d, 2W + h·d);
+/// dP: scratch [T, np + T]. `prefix`: the prefix's q | k | v [np, 3W] and where dK, dV of its rows
+/// go: dKV [np, 2W] (columns h·d and W + h·d, written).
 func attentionHeadBackward(qkv: ConstFloatPtr, probs: ConstFloatPtr, dOut: ConstFloatPtr, dQKV: FloatPtr, dP: FloatPtr,
-                           tokens t: Int, width w: Int, head h: Int, headDim d: Int, causal: Bool) {
+                           tokens t: Int, width w: Int, head h: Int, headDim d: Int, causal: Bool,
+                           prefix: (qkv: ConstFloatPtr, rows: Int, dKV: FloatPtr)? = nil) {
     let q = qkv + h * d, k = qkv + w + h * d, v = qkv + 2 * w + h * d
+    let np = prefix?.rows ?? 0, nk = np + t
     let scale = 1 / Float(d).squareRoot()
-    // dV_h[T, d] = Pᵀ dO_h;  dP[T, T] = dO_h V_hᵀ
-    gemmTN(probs, lda: t, dOut, ldb: w, dQKV + 2 * w + h * d, ldc: 3 * w, m: t, n: d, k: t)
-    gemmNT(dOut, lda: w, v, ldb: 3 * w, dP, ldc: t, m: t, n: t, k: d)
+    // dV_h[T, d] = P[:, np:]ᵀ dO_h;  dP[T, nk] = dO_h [V_pre; V]_hᵀ  (and dV_pre_h[np, d] = P[:, :np]ᵀ dO_h)
+    gemmTN(probs + np, lda: nk, dOut, ldb: w, dQKV + 2 * w + h * d, ldc: 3 * w, m: t, n: d, k: t)
+    if let prefix, np > 0 {
+        gemmTN(probs, lda: nk, dOut, ldb: w, prefix.dKV + w + h * d, ldc: 2 * w, m: np, n: d, k: t)
+        gemmNT(dOut, lda: w, prefix.qkv + 2 * w + h * d, ldb: 3 * w, dP, ldc: nk, m: t, n: np, k: d)
+    }
+    gemmNT(dOut, lda: w, v, ldb: 3 * w, dP + np, ldc: nk, m: t, n: t, k: d)
     // dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale (S = scale · q kᵀ); causal: P, and so dS, is zero
-    // past the diagonal
+    // past column np + r
     for r in 0..<t {
-        let pr = probs + r * t, dr = dP + r * t, n = causal ? r + 1 : t
+        let pr = probs + r * nk, dr = dP + r * nk, n = causal ? np + r + 1 : nk
         var dot: Float = 0
         for j in 0..<n { dot += pr[j] * dr[j] }
         for j in 0..<n { dr[j] = pr[j] * (dr[j] - dot) * scale }
-        for j in n..<t { dr[j] = 0 }
+        for j in n..<nk { dr[j] = 0 }
     }
-    // dQ_h = dS K_h;  dK_h = dSᵀ Q_h
-    gemmNN(dP, lda: t, k, ldb: 3 * w, dQKV + h * d, ldc: 3 * w, m: t, n: d, k: t)
-    gemmTN(dP, lda: t, q, ldb: 3 * w, dQKV + w + h * d, ldc: 3 * w, m: t, n: d, k: t)
+    // dQ_h = dS [K_pre; K]_h;  dK_h = dS[:, np:]ᵀ Q_h  (and dK_pre_h = dS[:, :np]ᵀ Q_h)
+    if let prefix, np > 0 {
+        gemmNN(dP, lda: nk, prefix.qkv + w + h * d, ldb: 3 * w, dQKV + h * d, ldc: 3 * w, m: t, n: d, k: np)
+        gemmNN(dP + np, lda: nk, k, ldb: 3 * w, dQKV + h * d, ldc: 3 * w, m: t, n: d, k: t, beta: 1)
+        gemmTN(dP, lda: nk, q, ldb: 3 * w, prefix.dKV + h * d, ldc: 2 * w, m: np, n: d, k: t)
+    } else {
+        gemmNN(dP, lda: nk, k, ldb: 3 * w, dQKV + h * d, ldc: 3 * w, m: t, n: d, k: t)
+    }
+    gemmTN(dP + np, lda: nk, q, ldb: 3 * w, dQKV + w + h * d, ldc: 3 * w, m: t, n: d, k: t)
 }
 
 /// g[n] *= act'(x[n]) for the activation's input x (Float vector kernels, `KernelLevel`; split over

@@ -206,11 +206,13 @@ public struct CoOpText: @unchecked Sendable {
 
 extension CLIPModel {
     /// The CoOp prompts of `names` with `context` [N, Wt] through the text encoder, all in one
-    /// ragged batch (`textForward(batch:)`); with `record`, the tape for `coopContextGradient`.
-    public func coopText(_ names: [String], context: [Float], contextLength: Int, record: Bool, threads: Int) throws -> CoOpText {
+    /// ragged batch, the shared [SOT] ctx_1..ctx_N rows once (`textForward(batch:pools:sharingPrefix:)`;
+    /// `sharingPrefix: false`: the plain batch); with `record`, the tape for `coopContextGradient`.
+    public func coopText(_ names: [String], context: [Float], contextLength: Int, record: Bool, threads: Int,
+                         sharingPrefix: Bool = true) throws -> CoOpText {
         let prompts = try names.map { try coopPrompt(name: $0, contextLength: contextLength) }
         let inputs = try prompts.map { try textInputs($0, context: context) }
-        let tape = try textForward(batch: inputs, pools: prompts.map(\.pool), threads: threads)
+        let tape = try textForward(batch: inputs, pools: prompts.map(\.pool), sharingPrefix: sharingPrefix, threads: threads)
         return CoOpText(count: names.count, embeddings: tape.embeddings.flatMap { $0 }, tape: record ? tape : nil, prompts: prompts)
     }
 
@@ -220,14 +222,9 @@ extension CLIPModel {
         guard let tape = text.tape, dEmbeddings.count == text.count * p else {
             throw ZeroSegError("coopContextGradient: the text pass was not recorded, or the gradient has the wrong size")
         }
-        let dX = try textBackward(tape, gradEmbeddings: (0..<text.count).map { Array(dEmbeddings[($0 * p)..<(($0 + 1) * p)]) },
-                                  threads: threads)
-        var dCtx = [Float](repeating: 0, count: (text.prompts.first?.ctxRange.count ?? 0) * wt)
-        for c in 0..<text.count {
-            for (k, pos) in text.prompts[c].ctxRange.enumerated() {
-                for j in 0..<wt { dCtx[k * wt + j] += dX[c][pos * wt + j] }
-            }
-        }
+        let dX = try textInputGradients(tape, gradEmbeddings: (0..<text.count).map { Array(dEmbeddings[($0 * p)..<(($0 + 1) * p)]) },
+                                        threads: threads)
+        let dCtx = try dX.context(text.prompts, width: wt)
         return dCtx
     }
 }

@@ -70,16 +70,16 @@ extension CLIPModel {
         return (Synth.values(name: "coop-ctx", seed: seed, count: count * w, amplitude: 0.02 * 3.0.squareRoot()), count)
     }
 
-    /// Normalised class embeddings [names][P] from CoOp prompts with the learned context (all
-    /// prompts in one ragged batch, `textForward(batch:)`; with `oneAtATime`, one forward pass per
-    /// prompt, for timing comparisons), the tapes for backward (one, or one per prompt) and the prompts.
-    func promptEmbeddings(_ names: [String], _ p: LearnedPrompts, threads: Int, oneAtATime: Bool = false) throws
+    /// Normalised class embeddings [names][P] from CoOp prompts with the learned context (by
+    /// default all prompts in one ragged batch sharing the [SOT] ctx rows, `textForward(batch:pools:sharingPrefix:)`;
+    /// the other `TextPass`es for comparisons), the tapes for backward (one, or one per prompt) and the prompts.
+    func promptEmbeddings(_ names: [String], _ p: LearnedPrompts, threads: Int, pass: TextPass = .prefixShared) throws
         -> (embeddings: [[Float]], tapes: [TextBatchTape], prompts: [CoOpPrompt]) {
         let prompts = try names.map { try coopPrompt(name: $0, contextLength: p.contextLength) }
         let x0s = try prompts.map { try textInputs($0, context: p.context) }
-        let tapes = oneAtATime
+        let tapes = pass == .oneAtATime
             ? try zip(x0s, prompts).map { try textForward(batch: [$0], pools: [$1.pool], threads: threads) }
-            : [try textForward(batch: x0s, pools: prompts.map(\.pool), threads: threads)]
+            : [try textForward(batch: x0s, pools: prompts.map(\.pool), sharingPrefix: pass == .prefixShared, threads: threads)]
         let e = tapes.flatMap(\.embeddings).map { v -> [Float] in var v = v; l2Normalize(&v); return v }
         return (e, tapes, prompts)
     }
@@ -159,17 +159,34 @@ public struct TuneGradients: Sendable {
 public func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, seenNames: [String],
                                  batch: [TuneExample], gradients: Bool = true, threads: Int = defaultThreads) throws -> TuneGradients {
     try tuneLossAndGradients(model: model, prompts: p, seenNames: seenNames, batch: batch, gradients: gradients, threads: threads,
-                             textOneAtATime: false)
+                             text: .prefixShared)
 }
 
-/// `tuneLossAndGradients`; with `textOneAtATime`, the text tower runs forward and backward one
-/// prompt at a time (the structure before the batched text passes; for `zeroseg bench`'s comparison).
+/// How the text tower runs the prompts of a step (`tuneLossAndGradients`, `zeroseg bench`).
+package enum TextPass: Sendable {
+    /// Forward and backward one prompt at a time (the structure before the batched text passes).
+    case oneAtATime
+    /// All prompts as ragged rows, every prompt's rows computed.
+    case batched
+    /// All prompts as ragged rows, the rows they share ([SOT] ctx_1..ctx_N) once (the default).
+    case prefixShared
+}
+
+/// `tuneLossAndGradients` with the text tower run one prompt at a time (`textOneAtATime`) or as
+/// the plain ragged batch (every prompt's rows computed).
 package func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, seenNames: [String], batch: [TuneExample],
                                   gradients: Bool, threads: Int, textOneAtATime: Bool) throws -> TuneGradients {
+    try tuneLossAndGradients(model: model, prompts: p, seenNames: seenNames, batch: batch, gradients: gradients, threads: threads,
+                             text: textOneAtATime ? .oneAtATime : .batched)
+}
+
+/// `tuneLossAndGradients` with the text tower run as `textPass`.
+package func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, seenNames: [String], batch: [TuneExample],
+                                  gradients: Bool, threads: Int, text textPass: TextPass) throws -> TuneGradients {
     let budget = enterThreads(threads)
     defer { budget.leave() }
     let d = p.dim, cs = seenNames.count, s = p.scale
-    let text = try model.promptEmbeddings(seenNames, p, threads: threads, oneAtATime: textOneAtATime)
+    let text = try model.promptEmbeddings(seenNames, p, threads: threads, pass: textPass)
     let t = text.embeddings.flatMap { $0 }  // [Cs, P]
     var dT = [Float](repeating: 0, count: cs * d)
     var dA = [Float](repeating: 0, count: d * d), da = [Float](repeating: 0, count: d)
@@ -236,12 +253,9 @@ package func tuneLossAndGradients(model: CLIPModel, prompts p: LearnedPrompts, s
         let dE = try tape.embeddings.indices.map { i in
             try l2NormalizeBackward(tape.embeddings[i], grad: Array(dT[((c0 + i) * d)..<((c0 + i + 1) * d)]))
         }
-        let dX = try model.textBackward(tape, gradEmbeddings: dE, threads: threads)
-        for (i, dx) in dX.enumerated() {
-            for (k, pos) in text.prompts[c0 + i].ctxRange.enumerated() {
-                for j in 0..<wt { dCtx[k * wt + j] += dx[pos * wt + j] }
-            }
-        }
+        let dX = try model.textInputGradients(tape, gradEmbeddings: dE, threads: threads)
+        let g = try dX.context(Array(text.prompts[c0..<(c0 + tape.embeddings.count)]), width: wt)
+        for i in dCtx.indices { dCtx[i] += g[i] }
         c0 += tape.embeddings.count
     }
     return TuneGradients(loss: Float(loss / Double(total)), pixels: total, context: dCtx, adapter: dA, adapterBias: da,

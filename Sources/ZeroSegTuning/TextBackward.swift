@@ -22,6 +22,11 @@ import Foundation
 // then e = LNf(x_L[pool]) · Wpᵀ. `textForward(batch:)` records what the backward needs (a
 // `TextBatchTape` of `LayerTape`s); `textBackward(_:gradEmbeddings:)` returns dL/dx0 of every
 // prompt given dL/de. `textForward` / `textBackward` on one sequence are the batch of one.
+// The text transformer is causal, so rows that are the same at the start of every prompt
+// ([SOT] ctx_1..ctx_N) have the same states in every prompt: `sharingPrefix` runs them once as one
+// sequence and each prompt's rest as its continuation (attending to the prefix's keys and
+// values); the backward pass then gives the shared rows' gradient summed over the prompts
+// (`textInputGradients`), about half the rows of a CoOp batch.
 
 /// A CoOp prompt: [start] ctx_1..ctx_N [BPE ids of "name."] [end]. The token ids at `ctxRange`
 /// are placeholders (the id of "X") whose embeddings `textInputs` replaces by the context vectors.
@@ -62,11 +67,55 @@ public struct TextBatchTape: Sendable {
     public let embeddings: [[Float]]
     /// The model's fingerprint (a tape belongs to the model that made it).
     public let model: String
+    /// Rows 0..<shared of every sequence's input were identical and ran once, as one sequence that
+    /// the rest of each sequence continues (`textForward(batch:pools:sharingPrefix:)`); 0: none.
+    public let shared: Int
 
-    /// The sequences as ragged rows.
-    var seqs: [RaggedSequence] {
-        var r = 0
-        return lengths.map { t in defer { r += t }; return RaggedSequence(row: r, count: t) }
+    /// The sequences as ragged rows and each one's pooled row (`layout`).
+    var seqs: [RaggedSequence] { Self.layout(lengths: lengths, pools: pools, shared: shared).seqs }
+    var pooledRows: [Int] { Self.layout(lengths: lengths, pools: pools, shared: shared).pooledRows }
+
+    /// Sequences of `lengths` tokens as ragged rows: one after the other; with a shared prefix,
+    /// the prefix first (rows 0..<shared), then each sequence's rows after it, continuing it
+    /// (position `shared`, prefix 0). `pooledRows[i]`: the row of sequence i's pooled position.
+    static func layout(lengths: [Int], pools: [Int], shared: Int) -> (seqs: [RaggedSequence], pooledRows: [Int]) {
+        var r = shared, own: [RaggedSequence] = []
+        for t in lengths {
+            own.append(RaggedSequence(row: r, count: t - shared, position: shared, prefix: shared > 0 ? 0 : nil))
+            r += t - shared
+        }
+        return ((shared > 0 ? [RaggedSequence(row: 0, count: shared)] : []) + own, zip(own, pools).map { $0.row + $1 - shared })
+    }
+}
+
+/// dL/dx0 of a batch of sequences (`textInputGradients`): the shared prefix's rows [shared, W]
+/// (one input of every sequence: the sum over sequences) and each sequence's rows after it
+/// [T_i − shared, W]. Without a shared prefix, `prefix` is empty and `rows` the whole inputs.
+public struct TextInputGradients: Sendable {
+    public let shared: Int
+    public let prefix: [Float]
+    public let rows: [[Float]]
+
+    /// dL/dctx [N, W] summed over all sequences (`prompts[i]` made sequence i): the rows at each
+    /// prompt's `ctxRange`, the shared ones counted once (they already hold the sum).
+    public func context(_ prompts: [CoOpPrompt], width w: Int) throws -> [Float] {
+        guard prompts.count == rows.count else {
+            throw ZeroSegError("TextInputGradients.context: \(prompts.count) prompts for \(rows.count) sequences")
+        }
+        let n = prompts.first?.ctxRange.count ?? 0
+        guard prompts.allSatisfy({ $0.ctxRange.count == n }) else { throw ZeroSegError("TextInputGradients.context: prompts with different context lengths") }
+        var dCtx = [Float](repeating: 0, count: n * w)
+        if let first = prompts.first {
+            for (k, pos) in first.ctxRange.enumerated() where pos < shared {
+                for j in 0..<w { dCtx[k * w + j] += prefix[pos * w + j] }
+            }
+        }
+        for (p, dx) in zip(prompts, rows) {
+            for (k, pos) in p.ctxRange.enumerated() where pos >= shared {
+                for j in 0..<w { dCtx[k * w + j] += dx[(pos - shared) * w + j] }
+            }
+        }
+        return dCtx
     }
 }
 
@@ -172,6 +221,16 @@ extension CLIPModel {
     /// Throws for no sequences, a token count outside 1...max positions, inputs that are not whole
     /// rows of W, or a pooled position outside its sequence.
     public func textForward(batch x0s: [[Float]], pools: [Int], threads: Int = defaultThreads) throws -> TextBatchTape {
+        try textForward(batch: x0s, pools: pools, sharingPrefix: false, threads: threads)
+    }
+
+    /// `textForward(batch:pools:)`; with `sharingPrefix`, the longest run of leading rows that is
+    /// the same (bit for bit) in every sequence, up to the first pooled position, runs once as one
+    /// sequence, and the rest of each sequence continues it (attends to its keys and values; the
+    /// text transformer is causal, so those rows' states are the same in every sequence): the CoOp
+    /// prompts' [SOT] ctx_1..ctx_N. Falls back to the plain batch (`tape.shared` = 0) for one
+    /// sequence or no shared row. Use `textInputGradients` for the backward pass of a shared tape.
+    public func textForward(batch x0s: [[Float]], pools: [Int], sharingPrefix: Bool, threads: Int = defaultThreads) throws -> TextBatchTape {
         let c = config.text, w = c.hiddenSize, p = config.projectionDim
         guard !x0s.isEmpty, x0s.count == pools.count else {
             throw ZeroSegError("textForward: \(x0s.count) sequences and \(pools.count) pooled positions")
@@ -188,31 +247,54 @@ extension CLIPModel {
         }
         let budget = enterThreads(threads)
         defer { budget.leave() }
-        let rows = lengths.reduce(0, +), ns = lengths.count
-        let x = Buffer(rows * w)
-        var r = 0
-        var seqs: [RaggedSequence] = []
-        for (x0, t) in zip(x0s, lengths) {
-            x0.withUnsafeBufferPointer { (x.ptr + r * w).update(from: $0.baseAddress!, count: t * w) }
-            seqs.append(RaggedSequence(row: r, count: t))
-            r += t
+        let ns = lengths.count
+        // Shared rows: identical in every sequence (bitwise), at most up to the first pooled row
+        // (every sequence keeps its pooled row, and so at least one row, of its own).
+        var shared = 0
+        if sharingPrefix && ns > 1 {
+            let limit = pools.min()!
+            let first = x0s[0]
+            while shared < limit
+                    && x0s.dropFirst().allSatisfy({ x0 in (0..<w).allSatisfy { x0[shared * w + $0].bitPattern == first[shared * w + $0].bitPattern } }) {
+                shared += 1
+            }
         }
+        let rows = lengths.reduce(0, +) - (shared > 0 ? (ns - 1) * shared : 0)
+        let x = Buffer(rows * w)
+        if shared > 0 { x0s[0].withUnsafeBufferPointer { x.ptr.update(from: $0.baseAddress!, count: shared * w) } }
+        var r = shared
+        for (x0, t) in zip(x0s, lengths) {
+            x0.withUnsafeBufferPointer { (x.ptr + r * w).update(from: $0.baseAddress! + shared * w, count: (t - shared) * w) }
+            r += t - shared
+        }
+        let (seqs, pooledRows) = TextBatchTape.layout(lengths: lengths, pools: pools, shared: shared)
         let scratch = BlockScratch()
         let layers = textModel.layers.map { $0.forwardRecording(x.ptr, seqs, causal: true, scratch: scratch) }
         let fin = Buffer(ns * w), pooled = Buffer(ns * w), mean = Buffer(ns), rstd = Buffer(ns), emb = Buffer(ns * p)
-        for (si, s) in seqs.enumerated() { (fin.ptr + si * w).update(from: x.ptr + (s.row + pools[si]) * w, count: w) }
+        for (si, pr) in pooledRows.enumerated() { (fin.ptr + si * w).update(from: x.ptr + pr * w, count: w) }
         textModel.finalLayerNorm(fin.ptr, pooled.ptr, rows: ns, mean: mean.ptr, rstd: rstd.ptr)
         ZeroSegCore.linear(pooled.ptr, textProjection, nil, emb.ptr, m: ns, n: p, k: w)
         withExtendedLifetime((x, pooled, scratch)) {}
         return TextBatchTape(lengths: lengths, pools: pools, layers: layers, finalInput: fin, finalMean: mean, finalRstd: rstd,
                              embeddings: (0..<ns).map { Array(UnsafeBufferPointer(start: emb.ptr + $0 * p, count: p)) },
-                             model: fingerprint)
+                             model: fingerprint, shared: shared)
     }
 
     /// dL/dx0_i: [T_i, W] of every sequence given dL/d(tape.embeddings[i]): [P] each. Rows after a
     /// sequence's pooled one get zeros (causal). Throws for a tape of another model or gradients of
     /// the wrong size.
     public func textBackward(_ tape: TextBatchTape, gradEmbeddings: [[Float]], threads: Int = defaultThreads) throws -> [[Float]] {
+        guard tape.shared == 0 else {
+            throw ZeroSegError("textBackward: the tape shares a prefix between its sequences (use textInputGradients)")
+        }
+        return try textInputGradients(tape, gradEmbeddings: gradEmbeddings, threads: threads).rows
+    }
+
+    /// dL/dx0 given dL/d(tape.embeddings[i]): [P] each, for any tape (shared prefix or not): the
+    /// shared rows' gradient summed over the sequences, and each sequence's own rows. Rows after a
+    /// sequence's pooled one get zeros (causal). Throws for a tape of another model or gradients of
+    /// the wrong size.
+    public func textInputGradients(_ tape: TextBatchTape, gradEmbeddings: [[Float]], threads: Int = defaultThreads) throws -> TextInputGradients {
         let w = config.text.hiddenSize, p = config.projectionDim, ns = tape.lengths.count
         guard tape.model == fingerprint && tape.layers.count == textModel.layers.count else {
             throw ZeroSegError("textBackward: the tape was recorded by another model")
@@ -222,20 +304,21 @@ extension CLIPModel {
         }
         let budget = enterThreads(threads)
         defer { budget.leave() }
-        let seqs = tape.seqs, rows = tape.lengths.reduce(0, +)
+        let seqs = tape.seqs, rows = seqs.reduce(0) { $0 + $1.count }
         let dx = Buffer(zeros: rows * w)  // dL/d(residual stream), from the top down
         // e[S, P] = pooled[S, W] · Wpᵀ (Wp: [P, W])  →  dPooled[S, W] = dE[S, P] · Wp
         let dE = Buffer(gradEmbeddings.flatMap { $0 }), dPooled = Buffer(ns * w), dFin = Buffer(zeros: ns * w)
         gemmNN(dE.ptr, lda: p, textProjection, ldb: w, dPooled.ptr, ldc: w, m: ns, n: w, k: p)
         layerNormBackward(textModel.finalLayerNorm, x: tape.finalInput.ptr, mean: tape.finalMean.ptr, rstd: tape.finalRstd.ptr,
                           dy: dPooled.ptr, dx: dFin.ptr, rows: ns)
-        for (si, s) in seqs.enumerated() { (dx.ptr + (s.row + tape.pools[si]) * w).update(from: dFin.ptr + si * w, count: w) }
+        for (si, pr) in tape.pooledRows.enumerated() { (dx.ptr + pr * w).update(from: dFin.ptr + si * w, count: w) }
         withExtendedLifetime((dE, dPooled, dFin)) {}
         let scratch = BackwardScratch()
         for (l, tp) in zip(textModel.layers, tape.layers).reversed() {
             l.backward(tp, seqs, causal: true, dx: dx.ptr, threads: threads, scratch: scratch)
         }
-        return seqs.map { Array(UnsafeBufferPointer(start: dx.ptr + $0.row * w, count: $0.count * w)) }
+        return TextInputGradients(shared: tape.shared, prefix: Array(UnsafeBufferPointer(start: dx.ptr, count: tape.shared * w)),
+                                  rows: seqs.suffix(ns).map { Array(UnsafeBufferPointer(start: dx.ptr + $0.row * w, count: $0.count * w)) })
     }
 }
 

@@ -176,7 +176,7 @@ struct BenchCommand: ParsableCommand {
         }
         // Prompt tuning (CoOp context + linear head): one step on 8 feature grids (14x14 at the
         // model's embedding size, labels 224x224) x 8 classes, the text tower batched (all prompts
-        // as ragged rows) against one prompt at a time.
+        // as ragged rows), batched with the shared [SOT] ctx rows once, and one prompt at a time.
         if selected.contains("tune_text_step") {
             let d = model.config.projectionDim, names = Array(Self.camvid.prefix(8))
             let examples = try (0..<8).map { i in
@@ -187,14 +187,16 @@ struct BenchCommand: ParsableCommand {
             }
             let c0 = try model.initialContext(count: 0, phrase: "a photo of a")
             let p = LearnedPrompts(context: c0.values, contextLength: c0.count, textWidth: model.config.text.hiddenSize, dim: d)
-            let batched = try Bench.best(repeats) {
-                _ = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: examples, gradients: true, threads: t, textOneAtATime: false)
+            func step(_ pass: TextPass) throws -> Double {
+                try Bench.best(repeats) {
+                    _ = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: examples, gradients: true, threads: t, text: pass)
+                }
             }
-            let single = try Bench.best(repeats) {
-                _ = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: examples, gradients: true, threads: t, textOneAtATime: true)
-            }
+            let batched = try step(.batched), single = try step(.oneAtATime), shared = try step(.prefixShared)
             report("tune step 8 images x 8 classes, text one prompt at a time", single)
             report("tune step 8 images x 8 classes, text batched", batched, extra: String(format: "x%.2f faster", single / batched))
+            report("tune step 8 images x 8 classes, text batched, shared prefix once", shared,
+                   extra: String(format: "x%.2f faster (x%.2f of batched)", single / shared, batched / shared))
         }
         let rss = Bench.peakRSS()
         print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))

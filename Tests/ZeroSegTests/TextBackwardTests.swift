@@ -219,6 +219,79 @@ import ZeroSegTestSupport
         #expect(throws: ZeroSegError.self) { try m.textForward(batch: x0s, pools: [0], threads: 1) }
     }
 
+    /// The prefix-shared batch (`textForward(batch:pools:sharingPrefix: true)`: the rows every
+    /// prompt has the same, [SOT] ctx_1..ctx_N and here also "traffic", once; each prompt's rest
+    /// attends to them) against the plain batch: embeddings within 1e-5 x max |value|, input
+    /// gradients of each prompt's own rows and the context gradient (summed over the prompts)
+    /// within 1e-5 relative (measured ~1e-7: the same products over other row counts); the same
+    /// bits with 1 and 2 threads; the fallbacks (one sequence, no shared row) are the plain batch.
+    @Test func prefixSharedEqualsBatched() throws {
+        let m = Self.tiny, pd = m.config.projectionDim, w = m.config.text.hiddenSize
+        // (names, N, extra shared rows after [SOT] + ctx; nil: all rows up to the pooled one)
+        for (names, n, extra) in [(["cat", "traffic light", "sofa", "a"], 3, 0), (["traffic light", "traffic sign"], 2, 1),
+                                  (["cat", "cat", "sky"], 4, 0), (["road", "sky"], 0, 0), (["cat", "cat"], 2, nil)] as [([String], Int, Int?)] {
+            let prompts = try names.map { try m.coopPrompt(name: $0, contextLength: n) }
+            let ctx = randomFloats(n * w, seed: 13).map { $0 * 0.05 }
+            let x0s = try prompts.map { try m.textInputs($0, context: ctx) }
+            let g = (0..<prompts.count).map { randomFloats(pd, seed: 40 + UInt64($0)) }
+            let plain = try m.textForward(batch: x0s, pools: prompts.map(\.pool), threads: 2)
+            let dPlain = try m.textInputGradients(plain, gradEmbeddings: g, threads: 2)
+            let shared = try m.textForward(batch: x0s, pools: prompts.map(\.pool), sharingPrefix: true, threads: 2)
+            let dShared = try m.textInputGradients(shared, gradEmbeddings: g, threads: 2)
+            // Shared rows: [SOT] + N context rows, one more for "traffic ..."; "cat", "cat", "sky":
+            // "sky" ends the run at 1 + N; "cat", "cat": the run stops at the pooled row.
+            #expect(plain.shared == 0 && shared.shared == (extra.map { 1 + n + $0 } ?? prompts[0].pool), "\(names)")
+            var report = String(format: "prefixSharedEqualsBatched %@ N=%d shared %d:", names.description, n, shared.shared)
+            for k in prompts.indices {
+                let e = plain.embeddings[k]
+                let de = maxAbsDiff(shared.embeddings[k], e) / e.map { abs($0) }.max()!
+                #expect(de <= 1e-5, "\(names) prompt \(k) embedding")
+                let own = Array(dPlain.rows[k][(shared.shared * w)...])
+                let dr = Self.relativeError(dShared.rows[k], own)
+                #expect(dr <= 1e-5, "\(names) prompt \(k) own rows' gradient")
+                report += String(format: " e %.1e dx %.1e", de, dr)
+            }
+            // The shared rows' gradient is the sum over the prompts of theirs.
+            var sum = [Float](repeating: 0, count: shared.shared * w)
+            for dx in dPlain.rows { for i in sum.indices { sum[i] += dx[i] } }
+            let dsum = Self.relativeError(dShared.prefix, sum)
+            #expect(dsum <= 1e-5, "\(names) shared rows' gradient")
+            let dCtxPlain = try dPlain.context(prompts, width: w), dCtxShared = try dShared.context(prompts, width: w)
+            if n > 0 {
+                let dc = Self.relativeError(dCtxShared, dCtxPlain)
+                #expect(dc <= 1e-5, "\(names) context gradient")
+                report += String(format: "; shared rows %.1e, ctx %.1e", dsum, dc)
+            }
+            print(report)
+            let shared1 = try m.textForward(batch: x0s, pools: prompts.map(\.pool), sharingPrefix: true, threads: 1)
+            let dShared1 = try m.textInputGradients(shared1, gradEmbeddings: g, threads: 1)
+            #expect(shared1.embeddings == shared.embeddings && dShared1.prefix == dShared.prefix && dShared1.rows == dShared.rows)
+            #expect(throws: ZeroSegError.self) { try m.textBackward(shared, gradEmbeddings: g, threads: 1) }
+        }
+        // Fallbacks: one sequence; no shared first row: the plain batch, bit for bit.
+        let p = try m.coopPrompt(name: "cat", contextLength: 2), ctx = randomFloats(2 * w, seed: 14)
+        let x0 = try m.textInputs(p, context: ctx)
+        let one = try m.textForward(batch: [x0], pools: [p.pool], sharingPrefix: true, threads: 1)
+        let onePlain = try m.textForward(batch: [x0], pools: [p.pool], threads: 1)
+        #expect(one.shared == 0 && one.embeddings == onePlain.embeddings)
+        var other = x0
+        other[0] += 1
+        let x0s = [x0, other], gs = [randomFloats(pd, seed: 1), randomFloats(pd, seed: 2)]
+        let none = try m.textForward(batch: x0s, pools: [p.pool, p.pool], sharingPrefix: true, threads: 1)
+        let plain = try m.textForward(batch: x0s, pools: [p.pool, p.pool], threads: 1)
+        #expect(none.shared == 0 && none.embeddings == plain.embeddings)
+        let (dNone, dPlain) = (try m.textBackward(none, gradEmbeddings: gs, threads: 1), try m.textBackward(plain, gradEmbeddings: gs, threads: 1))
+        #expect(dNone == dPlain)
+        // The head training's CoOp text (`coopText` / `coopContextGradient`) shares by default.
+        let names = ["cat", "traffic light", "sofa"], ctx3 = randomFloats(3 * w, seed: 15).map { $0 * 0.05 }
+        let dE = randomFloats(names.count * pd, seed: 16)
+        let a = try m.coopText(names, context: ctx3, contextLength: 3, record: true, threads: 2)
+        let b = try m.coopText(names, context: ctx3, contextLength: 3, record: true, threads: 2, sharingPrefix: false)
+        #expect(maxAbsDiff(a.embeddings, b.embeddings) <= 1e-5 * b.embeddings.map { abs($0) }.max()!)
+        let dc = Self.relativeError(try m.coopContextGradient(a, dEmbeddings: dE, threads: 2), try m.coopContextGradient(b, dEmbeddings: dE, threads: 2))
+        #expect(dc <= 1e-5, "coopContextGradient shared vs plain \(dc)")
+    }
+
     @Test func l2NormalizeBackwardMatchesFiniteDifferences() throws {
         let e = randomFloats(7, seed: 5).map { $0 * 3 }, g = randomFloats(7, seed: 6)
         let d = try l2NormalizeBackward(e, grad: g)

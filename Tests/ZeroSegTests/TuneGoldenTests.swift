@@ -71,6 +71,20 @@ import ZeroSeg
         print("TuneGoldenTests " + report.joined(separator: "; "))
     }
 
+    /// The text tower with the shared [SOT] ctx rows once (the default pass) against the plain
+    /// batch: loss and gradients within 1e-5 relative; the same bits with 1 and 2 threads.
+    @Test func prefixSharedTextEqualsBatched() throws {
+        let (model, p, names, ex) = try Self.setup()
+        let a = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: ex, gradients: true, threads: 2, text: .prefixShared)
+        let b = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: ex, gradients: true, threads: 2, text: .batched)
+        let a1 = try tuneLossAndGradients(model: model, prompts: p, seenNames: names, batch: ex, gradients: true, threads: 1, text: .prefixShared)
+        #expect(abs(a.loss - b.loss) <= 1e-5 * abs(b.loss))
+        let dc = Self.rel(a.context, b.context), dA = Self.rel(a.adapter, b.adapter)
+        #expect(dc <= 1e-5 && dA <= 1e-5)
+        #expect(a1.loss == a.loss && a1.context == a.context && a1.adapter == a.adapter)
+        print(String(format: "TuneGoldenTests prefix-shared vs batched: loss %.1e, ctx %.2e, A %.2e", abs(a.loss - b.loss) / abs(b.loss), dc, dA))
+    }
+
     @Test func adamWStepsMatchTorch() throws {
         let (model, p0, names, ex) = try Self.setup()
         let steps = Int(Self.ref.metadata["steps"]!)!
