@@ -113,7 +113,7 @@ struct Tune: ParsableCommand {
         } else if noFeatureCache {
             throw ValidationError("--no-feature-cache is for --head linear: the zegclip and denseclip heads run the encoder in the loop")
         }
-        if crop > seg.shortSide { throw ValidationError("--crop \(crop) is larger than --short-side \(seg.shortSide): the crops are cut from the rescaled images") }
+        if head != .linear && crop > seg.shortSide { throw ValidationError("--crop \(crop) is larger than --short-side \(seg.shortSide): the crops are cut from the rescaled images") }
     }
 
     /// The library's options from the flags.
