@@ -160,12 +160,8 @@ extension HeadPrompts: PromptHead {
         let budget = enterThreads(threads)
         defer { budget.leave() }
         let (tokens, gh, gw) = try model.promptedTokens(pixels: pixels, batch: nb, height: height, width: width, prompts: visual, threads: threads)
-        let p = dim, g = gh * gw, t = g + 1, q = queries.count
-        var global = [Float](repeating: 0, count: nb * p), patches = [Float](repeating: 0, count: nb * g * p)
-        for b in 0..<nb {
-            for i in 0..<p { global[b * p + i] = tokens[(b * t) * p + i] }
-            for j in 0..<(g * p) { patches[b * g * p + j] = tokens[(b * t + 1) * p + j] }
-        }
+        let p = dim, g = gh * gw, q = queries.count
+        let (global, patches) = splitTokens(tokens.array, batch: nb, patches: g, dim: p)
         var (scores, _) = try head.forward(text: queries.flatMap { $0 }, classes: q, global: global, patches: patches, batch: nb,
                                            gridHeight: gh, gridWidth: gw, threads: threads, record: false)
         if settings.loss == .sigmoid {
@@ -181,14 +177,8 @@ extension HeadPrompts: PromptHead {
             }
         }
         // normalised patch embeddings, for proposals
-        for r in 0..<(nb * g) {
-            var s: Float = 0
-            for i in 0..<p { s += patches[r * p + i] * patches[r * p + i] }
-            let inv = 1 / max(s.squareRoot(), 1e-12)
-            for i in 0..<p { patches[r * p + i] *= inv }
-        }
-        withExtendedLifetime(tokens) {}
-        return WindowScores(scores: Buffer(scores), patches: Buffer(patches), gridHeight: gh, gridWidth: gw)
+        let normalised = l2NormalizeRows(patches, rows: nb * g, dim: p).y
+        return WindowScores(scores: Buffer(scores), patches: Buffer(normalised), gridHeight: gh, gridWidth: gw)
     }
 }
 

@@ -55,20 +55,12 @@ extension TuneDataset {
     /// An image that rescales smaller than `crop` on either side is an error.
     public func headExamples(model: CLIPModel, shortSide: Int, crop: Int,
                              progress: ((_ done: Int, _ total: Int, _ stem: String) -> Void)? = nil) throws -> [HeadExample] {
-        var remap = [Int32](repeating: -1, count: 256)
-        for (k, c) in seen.enumerated() { remap[c] = Int32(k) }
         let pre = try CLIPPreprocessor(size: model.preprocessor.shortestEdge, cropSize: model.preprocessor.cropSize,
                                        mean: model.preprocessor.mean, std: model.preprocessor.std)
         var out: [HeadExample] = []
         for (i, p) in pairs.enumerated() {
             progress?(i, pairs.count, p.stem)
-            let label = try Evaluation.loadLabelMap(p.label)
-            let image = try RGBImage.load(p.image)
-            guard image.width == label.width && image.height == label.height else {
-                throw ZeroSegError.badInput("\(p.label.path) is \(label.width)x\(label.height), \(p.image.path) is \(image.width)x\(image.height)",
-                                            file: p.label.path)
-            }
-            try ConfusionMatrix.checkLabels(label.values, numClasses: classes.classes.count, ignore: ignore, source: p.label.path)
+            let (image, full) = try load(p)
             let (ws, hs) = Segmenter.rescaledSize(width: image.width, height: image.height, shortSide: shortSide)
             guard ws >= crop && hs >= crop else {
                 throw ZeroSegError.invalidArgument("\(p.image.path) rescales to \(ws)x\(hs), smaller than the \(crop)-pixel training crop",
@@ -79,10 +71,7 @@ extension TuneDataset {
             var target = [Int32](repeating: -1, count: ws * hs)
             for y in 0..<hs {
                 let sy = min(image.height - 1, y * image.height / hs)
-                for x in 0..<ws {
-                    let v = Int(label.values[sy * image.width + min(image.width - 1, x * image.width / ws)])
-                    target[y * ws + x] = v == ignore ? -1 : remap[v]
-                }
+                for x in 0..<ws { target[y * ws + x] = full[sy * image.width + min(image.width - 1, x * image.width / ws)] }
             }
             out.append(HeadExample(pixels: pre.normalizeOnly(resized), target: target, width: ws, height: hs))
         }
@@ -126,12 +115,8 @@ public func headLossAndGradients(model: CLIPModel, prompts: HeadPrompts, seenNam
         }
         (tokens, gh, gw) = (r.tokens.array, r.gh, r.gw)
     }
-    let g = gh * gw, t = g + 1
-    var global = [Float](repeating: 0, count: nb * p), patches = [Float](repeating: 0, count: nb * g * p)
-    for b in 0..<nb {
-        for i in 0..<p { global[b * p + i] = tokens[(b * t) * p + i] }
-        for j in 0..<(g * p) { patches[b * g * p + j] = tokens[(b * t + 1) * p + j] }
-    }
+    let g = gh * gw
+    let (global, patches) = splitTokens(tokens, batch: nb, patches: g, dim: p)
     let (scores, headTape) = try prompts.head.forward(text: text.embeddings, classes: cs, global: global, patches: patches, batch: nb,
                                                       gridHeight: gh, gridWidth: gw, threads: threads, record: gradients)
     let l = try segLoss(prompts.settings.loss, scores: scores, batch: nb, classes: cs, gridHeight: gh, gridWidth: gw, targets: targets,
@@ -141,16 +126,35 @@ public func headLossAndGradients(model: CLIPModel, prompts: HeadPrompts, seenNam
     var grads = prompts.parameters.zeros
     grads["ctx"] = try model.coopContextGradient(text, dEmbeddings: d.text, threads: threads)
     if let tape {
-        var dTokens = [Float](repeating: 0, count: nb * t * p)
-        for b in 0..<nb {
-            for i in 0..<p { dTokens[(b * t) * p + i] = d.global[b * p + i] }
-            for j in 0..<(g * p) { dTokens[(b * t + 1) * p + j] = d.patches[b * g * p + j] }
-        }
+        let dTokens = joinTokens(global: d.global, patches: d.patches, batch: nb, patches: g, dim: p)
         let dv = try model.promptedBackward(tape, dTokens: dTokens, threads: threads)
         for n in dv.names { grads[n] = dv[n] }
     }
     for n in d.parameters.names { grads[n] = d.parameters[n] }
     return HeadStep(loss: l.loss, pixels: l.pixels, gradients: grads)
+}
+
+/// The encoder's output tokens [B, 1 + G, P] as the heads take them: the class rows [B, P] and
+/// the patch rows [B, G, P]. `joinTokens` is its transpose (for the gradients).
+func splitTokens(_ tokens: [Float], batch nb: Int, patches g: Int, dim p: Int) -> (global: [Float], patches: [Float]) {
+    let t = g + 1
+    var global = [Float](repeating: 0, count: nb * p), patches = [Float](repeating: 0, count: nb * g * p)
+    for b in 0..<nb {
+        for i in 0..<p { global[b * p + i] = tokens[(b * t) * p + i] }
+        for j in 0..<(g * p) { patches[b * g * p + j] = tokens[(b * t + 1) * p + j] }
+    }
+    return (global, patches)
+}
+
+/// [B, 1 + G, P] from the class rows [B, P] and the patch rows [B, G, P].
+func joinTokens(global: [Float], patches: [Float], batch nb: Int, patches g: Int, dim p: Int) -> [Float] {
+    let t = g + 1
+    var tokens = [Float](repeating: 0, count: nb * t * p)
+    for b in 0..<nb {
+        for i in 0..<p { tokens[(b * t) * p + i] = global[b * p + i] }
+        for j in 0..<(g * p) { tokens[(b * t + 1) * p + j] = patches[b * g * p + j] }
+    }
+    return tokens
 }
 
 /// Deterministic training of an image-conditioned head: each epoch a seeded shuffle, batches of
@@ -184,15 +188,7 @@ public struct HeadTuner {
     }
 
     /// The example order of an epoch (the linear head's shuffle).
-    public func order(epoch e: Int) -> [Int] {
-        var idx = Array(examples.indices)
-        let r = Synth.values(name: "tune-shuffle", seed: settings.seed &+ UInt64(e), count: idx.count, amplitude: 0.5, offset: 0.5)
-        for i in stride(from: idx.count - 1, to: 0, by: -1) {
-            let j = min(i, Int(Double(r[i]) * Double(i + 1)))
-            idx.swapAt(i, j)
-        }
-        return idx
-    }
+    public func order(epoch e: Int) -> [Int] { shuffledOrder(count: examples.count, seed: settings.seed, epoch: e) }
 
     /// One step on the examples `batch` (indices) with their crops of `epoch`.
     public mutating func step(_ batch: [Int], epoch e: Int) throws -> HeadStep {

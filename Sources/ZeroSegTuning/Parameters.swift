@@ -100,31 +100,40 @@ public struct TensorOptimizer: Sendable {
     public mutating func apply(_ g: NamedTensors, to p: inout NamedTensors) {
         precondition(g.sameLayout(as: p), "TensorOptimizer: gradients do not match the parameters")
         var x = p.flat
-        let gr = g.flat, a = currentLR
+        let a = currentLR  // the schedule's value before the step counts
         step += 1
-        switch kind {
-        case .adamw:
-            let (b1, b2, eps): (Float, Float, Float) = (0.9, 0.999, 1e-8)
-            let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
-            for i in x.indices {
-                if decay[i] { x[i] -= a * weightDecay * x[i] }
-                m[i] = b1 * m[i] + (1 - b1) * gr[i]
-                v[i] = b2 * v[i] + (1 - b2) * gr[i] * gr[i]
-                x[i] -= a * (m[i] / c1) / ((v[i] / c2).squareRoot() + eps)
-            }
-        case .sgd:
-            for i in x.indices {
-                var gi = gr[i]
-                if decay[i] { gi += weightDecay * x[i] }
-                m[i] = 0.9 * m[i] + gi
-                x[i] -= a * m[i]
-            }
-        }
+        optimizerUpdate(kind, x: &x, gradient: g.flat, m: &m, v: &v, step: step, lr: a, weightDecay: weightDecay, decay: decay)
         p.setFlat(x)
     }
 
     public mutating func restore(step: Int, m: [Float], v: [Float]) throws {
         guard m.count == self.m.count, v.count == self.v.count else { throw ZeroSegError("checkpoint optimiser state does not fit these parameters") }
         self.step = step; self.m = m; self.v = v
+    }
+}
+
+/// One optimiser update of x in place (both tuners' optimisers): AdamW (torch.optim.AdamW's
+/// arithmetic: decoupled decay, bias-corrected moments, β 0.9 / 0.999, ε 1e-8) or SGD with momentum
+/// 0.9 and L2 decay, at learning rate `lr`, `step` counting from 1; `decay[i]`: weight decay on x[i].
+func optimizerUpdate(_ kind: TuneOptimizer, x: inout [Float], gradient gr: [Float], m: inout [Float], v: inout [Float],
+                     step: Int, lr a: Float, weightDecay: Float, decay: [Bool]) {
+    precondition(gr.count == x.count && m.count == x.count && v.count == x.count && decay.count == x.count)
+    switch kind {
+    case .adamw:
+        let (b1, b2, eps): (Float, Float, Float) = (0.9, 0.999, 1e-8)
+        let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
+        for i in x.indices {
+            if decay[i] { x[i] -= a * weightDecay * x[i] }
+            m[i] = b1 * m[i] + (1 - b1) * gr[i]
+            v[i] = b2 * v[i] + (1 - b2) * gr[i] * gr[i]
+            x[i] -= a * (m[i] / c1) / ((v[i] / c2).squareRoot() + eps)
+        }
+    case .sgd:
+        for i in x.indices {
+            var gi = gr[i]
+            if decay[i] { gi += weightDecay * x[i] }
+            m[i] = 0.9 * m[i] + gi
+            x[i] -= a * m[i]
+        }
     }
 }

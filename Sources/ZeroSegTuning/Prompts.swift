@@ -294,13 +294,15 @@ public struct PromptOptimizer: Sendable {
     public let lr: Float, weightDecay: Float, totalSteps: Int
     public var step = 0
     var m: [Float], v: [Float]
-    let decayRange: Range<Int>
+    /// Per value of `LearnedPrompts.flat`: whether weight decay applies (the adapter matrix).
+    let decay: [Bool]
 
     public init(kind: TuneOptimizer, lr: Float, weightDecay: Float = 0.01, totalSteps: Int, prompts p: LearnedPrompts) {
         self.kind = kind; self.lr = lr; self.weightDecay = weightDecay; self.totalSteps = max(1, totalSteps)
         let n = p.flat.count
         m = [Float](repeating: 0, count: n); v = [Float](repeating: 0, count: n)
-        decayRange = p.context.count..<(p.context.count + p.adapter.count)
+        let decayRange = p.context.count..<(p.context.count + p.adapter.count)
+        decay = (0..<n).map { decayRange.contains($0) }
     }
 
     /// The learning rate of the current step (cosine: lr · (1 + cos(π · step / total)) / 2).
@@ -308,26 +310,9 @@ public struct PromptOptimizer: Sendable {
 
     public mutating func apply(_ g: TuneGradients, to p: inout LearnedPrompts) {
         var x = p.flat
-        let gr = g.flat, a = currentLR
+        let lrBefore = currentLR  // the schedule's value before the step counts
         step += 1
-        switch kind {
-        case .adamw:
-            let (b1, b2, eps): (Float, Float, Float) = (0.9, 0.999, 1e-8)
-            let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
-            for i in x.indices {
-                if decayRange.contains(i) { x[i] -= a * weightDecay * x[i] }
-                m[i] = b1 * m[i] + (1 - b1) * gr[i]
-                v[i] = b2 * v[i] + (1 - b2) * gr[i] * gr[i]
-                x[i] -= a * (m[i] / c1) / ((v[i] / c2).squareRoot() + eps)
-            }
-        case .sgd:
-            for i in x.indices {
-                var gi = gr[i]
-                if decayRange.contains(i) { gi += weightDecay * x[i] }
-                m[i] = 0.9 * m[i] + gi
-                x[i] -= a * m[i]
-            }
-        }
+        optimizerUpdate(kind, x: &x, gradient: g.flat, m: &m, v: &v, step: step, lr: lrBefore, weightDecay: weightDecay, decay: decay)
         p.setFlat(x)
     }
 
@@ -385,6 +370,18 @@ public struct TuneSettings: Sendable, Equatable {
     }
 }
 
+/// The example order of epoch `e` of a tuning run: a seeded Fisher-Yates shuffle (over
+/// `Synth.values`, i.e. splitmix64) of 0..<count.
+func shuffledOrder(count: Int, seed: UInt64, epoch e: Int) -> [Int] {
+    var idx = Array(0..<count)
+    let r = Synth.values(name: "tune-shuffle", seed: seed &+ UInt64(e), count: count, amplitude: 0.5, offset: 0.5)
+    for i in stride(from: count - 1, to: 0, by: -1) {
+        let j = min(i, Int(Double(r[i]) * Double(i + 1)))
+        idx.swapAt(i, j)
+    }
+    return idx
+}
+
 /// Deterministic mini-batch training: each epoch a seeded shuffle (Fisher-Yates over
 /// splitmix64), batches of `batch` examples, one optimiser step each.
 public struct PromptTuner {
@@ -410,15 +407,7 @@ public struct PromptTuner {
     }
 
     /// The example order of an epoch.
-    public func order(epoch e: Int) -> [Int] {
-        var idx = Array(examples.indices)
-        let r = Synth.values(name: "tune-shuffle", seed: settings.seed &+ UInt64(e), count: idx.count, amplitude: 0.5, offset: 0.5)
-        for i in stride(from: idx.count - 1, to: 0, by: -1) {
-            let j = min(i, Int(Double(r[i]) * Double(i + 1)))
-            idx.swapAt(i, j)
-        }
-        return idx
-    }
+    public func order(epoch e: Int) -> [Int] { shuffledOrder(count: examples.count, seed: settings.seed, epoch: e) }
 
     /// Runs the remaining epochs; `progress(epoch, step, steps, loss)` after each step,
     /// `endOfEpoch(self)` after each epoch (checkpoints).

@@ -147,24 +147,31 @@ public struct TuneDataset: Sendable {
         self.images = images; self.labels = labels; self.ignore = ignore; self.limit = limit
     }
 
+    /// A pair's image and its label map as seen-class indices ([H, W], −1 = ignored: the ignore
+    /// label and unseen classes); throws unless the sizes agree and every label is a class or the
+    /// ignore value.
+    func load(_ p: EvalPair) throws -> (image: RGBImage, target: [Int32]) {
+        var remap = [Int32](repeating: -1, count: 256)
+        for (k, c) in seen.enumerated() { remap[c] = Int32(k) }
+        let label = try Evaluation.loadLabelMap(p.label)
+        let image = try RGBImage.load(p.image)
+        guard image.width == label.width && image.height == label.height else {
+            throw ZeroSegError.badInput("\(p.label.path) is \(label.width)x\(label.height), \(p.image.path) is \(image.width)x\(image.height)",
+                                        file: p.label.path)
+        }
+        try ConfusionMatrix.checkLabels(label.values, numClasses: classes.classes.count, ignore: ignore, source: p.label.path)
+        return (image, label.values.map { ignore == Int($0) ? -1 : remap[Int($0)] })
+    }
+
     /// The training examples: each image's dense features from the frozen encoder (from `cache`
     /// when it has them; stored there otherwise) and its label map as seen-class indices.
     /// `progress(done, total, stem)` before each image. Returns how many came from the cache.
     public func examples(segmenter: Segmenter, cache: FeatureCache? = nil,
                          progress: ((_ done: Int, _ total: Int, _ stem: String) -> Void)? = nil) throws -> (examples: [TuneExample], cached: Int) {
-        var remap = [Int32](repeating: -1, count: 256)
-        for (k, c) in seen.enumerated() { remap[c] = Int32(k) }
         var out: [TuneExample] = [], cached = 0
         for (i, p) in pairs.enumerated() {
             progress?(i, pairs.count, p.stem)
-            let label = try Evaluation.loadLabelMap(p.label)
-            let image = try RGBImage.load(p.image)
-            guard image.width == label.width && image.height == label.height else {
-                throw ZeroSegError.badInput("\(p.label.path) is \(label.width)x\(label.height), \(p.image.path) is \(image.width)x\(image.height)",
-                                            file: p.label.path)
-            }
-            try ConfusionMatrix.checkLabels(label.values, numClasses: classes.classes.count, ignore: ignore, source: p.label.path)
-            let target = label.values.map { ignore == Int($0) ? -1 : remap[Int($0)] }
+            let (image, target) = try load(p)
             let features: FeatureGrid
             if let c = cache?.load(p.image) {
                 features = c
