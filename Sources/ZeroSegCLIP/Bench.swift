@@ -60,6 +60,22 @@ public enum Bench {
         return b
     }
 
+    /// The best of `repeats` timed runs of each body, the bodies taking turns (round r runs every
+    /// body once, in order), after one warm-up round: the ratios of cases measured this way see the
+    /// same state of a shared machine.
+    public static func bestInterleaved(_ repeats: Int, _ bodies: [() throws -> Void]) throws -> [Double] {
+        for body in bodies { try body() }
+        var b = [Double](repeating: .infinity, count: bodies.count)
+        for _ in 0..<max(1, repeats) {
+            for (i, body) in bodies.enumerated() {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                try body()
+                b[i] = min(b[i], Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            }
+        }
+        return b
+    }
+
     /// Peak resident set size of this process so far, in bytes.
     public static func peakRSS() -> Int {
         var u = rusage()

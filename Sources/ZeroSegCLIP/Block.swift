@@ -93,6 +93,24 @@ package final class BlockScratch {
     }
 }
 
+/// Contiguous ranges of items, at most `parts` of them and none empty, with about equal total cost:
+/// part i ends at the first item where the running cost reaches (i + 1)/parts of the total. A
+/// function of the costs and `parts` alone (so a split never depends on timing).
+package func costSplit(_ costs: [Int], parts: Int) -> [Range<Int>] {
+    let total = costs.reduce(0, +), n = costs.count
+    guard parts > 1, n > 1, total > 0 else { return n == 0 ? [] : [0..<n] }
+    var ranges: [Range<Int>] = [], start = 0, running = 0
+    for (i, c) in costs.enumerated() {
+        running += c
+        let part = ranges.count
+        if part < parts - 1, running * parts >= total * (part + 1), i + 1 < n {
+            ranges.append(start..<(i + 1)); start = i + 1
+        }
+    }
+    ranges.append(start..<n)
+    return ranges
+}
+
 extension LayerNorm {
     /// With `mean` and `rstd` ([rows]), also records each row's mean and 1/√(var + eps) (for
     /// backward; the same arithmetic as without, rows split over the thread budget when many).
@@ -115,14 +133,15 @@ extension EncoderLayer {
     package func forward(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool,
                          prefix: (qkv: ConstFloatPtr, seqs: [RaggedSequence])? = nil,
                          pooled: (row: PooledRow, out: FloatPtr)? = nil, scratch: BlockScratch? = nil) {
-        _ = run(x, seqs, causal: causal, prefix: prefix, pooled: pooled, keep: .nothing, scratch: scratch ?? BlockScratch())
+        _ = run(x, seqs, causal: causal, prefix: prefix, pooled: pooled, keep: .nothing, batchPrefix: false, keysOnly: 0,
+                scratch: scratch ?? BlockScratch())
     }
 
     /// `forward` over all rows, keeping q | k | v: [R, 3W] for sequences that continue these.
     package func forwardKeepingQKV(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool,
                                    prefix: (qkv: ConstFloatPtr, seqs: [RaggedSequence])? = nil,
                                    scratch: BlockScratch? = nil) -> Buffer {
-        run(x, seqs, causal: causal, prefix: prefix, pooled: nil, keep: .qkv, scratch: scratch ?? BlockScratch()).qkv
+        run(x, seqs, causal: causal, prefix: prefix, pooled: nil, keep: .qkv, batchPrefix: false, keysOnly: 0, scratch: scratch ?? BlockScratch()).qkv
     }
 
     /// `forward` over all rows, recording what the backward pass needs. A sequence may continue a
@@ -131,26 +150,47 @@ extension EncoderLayer {
     /// prefix's rows came first (the prefix runs once for all its continuations). Attention runs per
     /// (sequence, head), split over the thread budget (each pair computed the same way whatever
     /// the split).
-    package func forwardRecording(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool, scratch: BlockScratch? = nil) -> LayerTape {
+    ///
+    /// `keysOnly`: the first sequence (rows 0..<keysOnly, a prefix) gives keys and values only: its
+    /// rows get no attention or MLP (their output is their input), as for prompt rows whose outputs
+    /// nothing uses.
+    package func forwardRecording(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool, keysOnly: Int = 0,
+                                  scratch: BlockScratch? = nil) -> LayerTape {
+        checkBatchPrefixes(seqs, keysOnly: keysOnly, "forwardRecording")
+        return run(x, seqs, causal: causal, prefix: nil, pooled: nil, keep: .tape, batchPrefix: true, keysOnly: keysOnly,
+                   scratch: scratch ?? BlockScratch()).tape!
+    }
+
+    /// `forward` over all rows, nothing recorded, where a sequence may continue a prefix of the
+    /// same batch as in `forwardRecording` (the same arithmetic, so the same bits as its output).
+    package func forwardBatchPrefix(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool, keysOnly: Int = 0,
+                                    scratch: BlockScratch? = nil) {
+        checkBatchPrefixes(seqs, keysOnly: keysOnly, "forwardBatchPrefix")
+        _ = run(x, seqs, causal: causal, prefix: nil, pooled: nil, keep: .nothing, batchPrefix: true, keysOnly: keysOnly,
+                scratch: scratch ?? BlockScratch())
+    }
+
+    private func checkBatchPrefixes(_ seqs: [RaggedSequence], keysOnly: Int, _ caller: String) {
         for (i, s) in seqs.enumerated() {
             if let pi = s.prefix {
                 precondition(pi < i && seqs[pi].prefix == nil && s.position == seqs[pi].count,
-                             "forwardRecording: sequence \(i) does not continue an earlier sequence of the batch")
+                             "\(caller): sequence \(i) does not continue an earlier sequence of the batch")
             }
         }
-        return run(x, seqs, causal: causal, prefix: nil, pooled: nil, keep: .tape, scratch: scratch ?? BlockScratch()).tape!
+        precondition(keysOnly == 0 || (seqs.first.map { $0.row == 0 && $0.count == keysOnly && $0.prefix == nil } ?? false),
+                     "\(caller): the keys-only rows are not the batch's first sequence")
     }
 
     private enum Keep { case nothing, qkv, tape }
 
     private func run(_ x: FloatPtr, _ seqs: [RaggedSequence], causal: Bool,
                      prefix: (qkv: ConstFloatPtr, seqs: [RaggedSequence])?, pooled: (row: PooledRow, out: FloatPtr)?,
-                     keep: Keep, scratch: BlockScratch) -> (qkv: Buffer, tape: LayerTape?) {
+                     keep: Keep, batchPrefix: Bool, keysOnly k0: Int, scratch: BlockScratch) -> (qkv: Buffer, tape: LayerTape?) {
         let record = keep == .tape
         let w = layerNorm1.dim, heads = selfAttn.heads, d = w / heads
         let rows = seqs.reduce(0) { $0 + $1.count }, ns = seqs.count
-        // Recording: sequence s continuing seqs[p] (same batch) has [H, T_s, T_p + T_s] probabilities.
-        func ownPrefixRows(_ s: RaggedSequence) -> Int { record ? s.prefix.map { seqs[$0].count } ?? 0 : 0 }
+        // Prefixes of the same batch: sequence s continuing seqs[p] has [H, T_s, T_p + T_s] probabilities.
+        func ownPrefixRows(_ s: RaggedSequence) -> Int { batchPrefix ? s.prefix.map { seqs[$0].count } ?? 0 : 0 }
         let tape = record ? LayerTape(rows: rows, width: w, intermediate: fc1.outFeatures,
                                       probs: seqs.reduce(0) { $0 + heads * $1.count * (ownPrefixRows($1) + $1.count) }) : nil
         tape?.input.ptr.update(from: x, count: rows * w)
@@ -173,27 +213,33 @@ extension EncoderLayer {
         // a = attention output: [R, W], or [S, W] for the pooled rows (into h: LN1's output is not
         // needed any more)
         let aBuf = h, a = aBuf.ptr
-        func prefixOf(_ s: RaggedSequence) -> RaggedSequence? { record ? nil : s.prefix.flatMap { i in prefix.map { $0.seqs[i] } } }
+        func prefixOf(_ s: RaggedSequence) -> RaggedSequence? { batchPrefix ? nil : s.prefix.flatMap { i in prefix.map { $0.seqs[i] } } }
         let maxKeys = seqs.map { $0.count + (prefixOf($0)?.count ?? 0) }.max() ?? 1
         let maxQueries = pooled == nil ? (seqs.map(\.count).max() ?? 1) : 1
         let scores = scratch(.scores, maxQueries * maxKeys)
         let hasPrefix = seqs.contains { prefixOf($0) != nil }
         let keys = scratch(.keys, hasPrefix ? maxKeys * w : 0), vals = scratch(.values, hasPrefix ? maxKeys * w : 0)
         let scale = 1 / Float(d).squareRoot()
-        if let tape {
-            // Recording (all rows): every (sequence, head) pair on its own, split over the thread
-            // budget; probabilities straight into the tape. A continuation's keys are its prefix's
-            // rows (np) then its own: scores [T, np + T] in two column blocks, p · v in two parts.
+        if batchPrefix {
+            // Prefixes of the same batch (all rows): every (sequence, head) pair on its own, the
+            // pairs split over the thread budget by their cost (`costSplit`); recording, the
+            // probabilities go straight into the tape. A continuation's keys are its prefix's rows
+            // (np) then its own: scores [T, np + T] in two column blocks, p · v in two parts.
             var offsets: [Int] = [], probsOffset = 0
             for s in seqs { offsets.append(probsOffset); probsOffset += heads * s.count * (ownPrefixRows(s) + s.count) }
-            let items = ns * heads, nt = min(threadBudget, items)
-            nonisolated(unsafe) let (qkvP, aP, probsP) = (ConstFloatPtr(qkv.ptr), a, tape.probs.ptr)
-            parallelFor(nt) { part in
-                for item in (items * part / nt)..<(items * (part + 1) / nt) {
+            // (A keys-only first sequence has no pairs: cost 0, skipped.)
+            let costs = seqs.enumerated().flatMap { si, s in
+                [Int](repeating: k0 > 0 && si == 0 ? 0 : s.count * (ownPrefixRows(s) + s.count), count: heads)
+            }
+            let parts = costSplit(costs, parts: threadBudget), maxTK = costs.max() ?? 0
+            let work = tape == nil ? scratch(.scores, parts.count * maxTK) : Buffer(0)
+            nonisolated(unsafe) let (qkvP, aP, probsP, workP) = (ConstFloatPtr(qkv.ptr), a, tape?.probs.ptr, work.ptr)
+            parallelFor(parts.count) { part in
+                for item in parts[part] where k0 == 0 || item >= heads {
                     let s = seqs[item / heads], hd = item % heads, t = s.count
                     let np = s.prefix.map { seqs[$0].count } ?? 0, nk = np + t
                     let own = qkvP + s.row * 3 * w, pre = qkvP + (s.prefix.map { seqs[$0].row } ?? 0) * 3 * w
-                    let p = probsP + offsets[item / heads] + hd * t * nk
+                    let p = probsP.map { $0 + offsets[item / heads] + hd * t * nk } ?? workP + part * maxTK
                     // p[T, nk] = q_h [k_pre; k_own]_hᵀ · scale, softmax per row (causal: up to
                     // column np + r); out[:, h] = p[:, :np] · v_pre_h + p[:, np:] · v_own_h
                     if np > 0 {
@@ -208,11 +254,12 @@ extension EncoderLayer {
                            beta: np > 0 ? 1 : 0)
                 }
             }
+            withExtendedLifetime(work) {}
         }
-        for (si, s) in seqs.enumerated() where tape == nil {
+        for (si, s) in seqs.enumerated() where !batchPrefix {
             let own = qkv.ptr + s.row * 3 * w
             let ps = prefixOf(s)
-            if pooled == nil && ps == nil && tape == nil {
+            if pooled == nil && ps == nil {
                 attention(qkv: own, out: a + s.row * w, scores: scores.ptr, tokens: s.count, width: w, heads: heads, causal: causal)
                 continue
             }
@@ -250,25 +297,33 @@ extension EncoderLayer {
             selfAttn.outProj(a, pooled.out, rows: ns, accumulate: true)  // mid = x + a · Woᵀ + bo
             mlp(pooled.out, rows: ns, h: h.ptr, scratch: scratch)
         } else {
-            selfAttn.outProj(a, x, rows: rows, accumulate: true)  // mid = x + a · Woᵀ + bo
-            mlp(x, rows: rows, h: h.ptr, scratch: scratch, tape: tape)
+            // mid = x + a · Woᵀ + bo; then the MLP (keys-only rows: neither, their output is their input)
+            selfAttn.outProj(a + k0 * w, x + k0 * w, rows: rows - k0, accumulate: true)
+            mlp(x + k0 * w, rows: rows - k0, h: h.ptr + k0 * w, scratch: scratch, tape: tape, tapeRow: k0)
+            if let tape, k0 > 0 {
+                tape.mid.ptr.update(from: x, count: k0 * w)
+                tape.ln2Mean.ptr.update(repeating: 0, count: k0); tape.ln2Rstd.ptr.update(repeating: 0, count: k0)
+                tape.preActivation.ptr.update(repeating: 0, count: k0 * fc1.outFeatures)
+                tape.probs.ptr.update(repeating: 0, count: heads * k0 * k0)
+            }
         }
         withExtendedLifetime((h, aBuf, scratch)) {}
         return (qkv, tape)
     }
 
     /// The MLP half in place on x: [R, W]: x += act(LN2(x) · W1ᵀ + b1) · W2ᵀ + b2. `h`: [R, W] work
-    /// space; a tape records x (mid), LN2's statistics and fc1's output; fc1's output goes to
-    /// `scratch` (default: a fresh buffer).
-    package func mlp(_ x: FloatPtr, rows: Int, h scratchH: FloatPtr, scratch: BlockScratch? = nil, tape: LayerTape? = nil) {
+    /// space; a tape records x (mid), LN2's statistics and fc1's output (at its rows from
+    /// `tapeRow` on); fc1's output goes to `scratch` (default: a fresh buffer).
+    package func mlp(_ x: FloatPtr, rows: Int, h scratchH: FloatPtr, scratch: BlockScratch? = nil, tape: LayerTape? = nil,
+                     tapeRow: Int = 0) {
         let inter = fc1.outFeatures
-        tape?.mid.ptr.update(from: x, count: rows * layerNorm2.dim)
+        tape?.mid.ptr.advanced(by: tapeRow * layerNorm2.dim).update(from: x, count: rows * layerNorm2.dim)
         let h = scratchH
-        layerNorm2(x, h, rows: rows, mean: tape?.ln2Mean.ptr, rstd: tape?.ln2Rstd.ptr)
+        layerNorm2(x, h, rows: rows, mean: tape.map { $0.ln2Mean.ptr + tapeRow }, rstd: tape.map { $0.ln2Rstd.ptr + tapeRow })
         let m = scratch?(.mlp, rows * inter) ?? Buffer(rows * inter)
         defer { withExtendedLifetime(m) {} }
         fc1(h, m.ptr, rows: rows)
-        tape?.preActivation.ptr.update(from: m.ptr, count: rows * inter)
+        tape?.preActivation.ptr.advanced(by: tapeRow * inter).update(from: m.ptr, count: rows * inter)
         activate(m.ptr, count: rows * inter, act)
         fc2(m.ptr, x, rows: rows, accumulate: true)  // x += act(m) · W2ᵀ + b2
     }

@@ -38,9 +38,12 @@ package final class BackwardScratch {
 extension EncoderLayer {
     /// The block's backward pass over ragged sequences (`seqs`, as recorded in `tape` by
     /// `forwardRecording`; attention full or `causal`). dx: [R, W]: on entry dL/d(layer output),
-    /// on exit dL/d(layer input). Runs with a budget of `threads`.
+    /// on exit dL/d(layer input) (with `inputRows`, only those rows: the others hold dL/d(mid), and
+    /// the last product and LN1's backward run over those rows alone). `keysOnly` as the forward pass
+    /// had it (`forwardRecording`): those rows' output was their input, so their gradient passes
+    /// through, plus what their keys and values get. Runs with a budget of `threads`.
     package func backward(_ tape: LayerTape, _ seqs: [RaggedSequence], causal: Bool, dx: FloatPtr, threads: Int,
-                          scratch: BackwardScratch? = nil) {
+                          scratch: BackwardScratch? = nil, keysOnly k0: Int = 0, inputRows: Range<Int>? = nil) {
         let budget = enterThreads(threads)
         defer { budget.leave() }
         let scratch = scratch ?? BackwardScratch()
@@ -49,15 +52,17 @@ extension EncoderLayer {
         precondition(tape.input.count == rows * w, "EncoderLayer.backward: the tape has \(tape.input.count / w) rows, the sequences \(rows)")
         let dM = scratch(0, rows * inter), dH = scratch(1, rows * w), dQKV = scratch(2, rows * 3 * w)
         defer { withExtendedLifetime((dM, dH, dQKV, tape)) {} }
-        // MLP. dm[R, I] = dx[R, W] · W2[W, I], times act'(m); dh2[R, W] = dm · W1[I, W]
-        gemmNN(dx, lda: w, fc2.weight, ldb: inter, dM.ptr, ldc: inter, m: rows, n: inter, k: w)
-        activationBackward(tape.preActivation.ptr, dM.ptr, count: rows * inter, act)
-        gemmNN(dM.ptr, lda: inter, fc1.weight, ldb: w, dH.ptr, ldc: w, m: rows, n: w, k: inter)
-        layerNormBackward(layerNorm2, x: tape.mid.ptr, mean: tape.ln2Mean.ptr, rstd: tape.ln2Rstd.ptr,
-                          dy: dH.ptr, dx: dx, rows: rows)  // dx is now dL/dmid
-        // Attention. da[R, W] = dmid · Wo (into dH: dh2 is consumed)
+        // MLP, over the rows after the keys-only ones (ra = R − k0 rows from row k0).
+        // dm[Ra, I] = dx[Ra, W] · W2[W, I], times act'(m); dh2[Ra, W] = dm · W1[I, W]
+        let ra = rows - k0, dxa = dx + k0 * w
+        gemmNN(dxa, lda: w, fc2.weight, ldb: inter, dM.ptr, ldc: inter, m: ra, n: inter, k: w)
+        activationBackward(tape.preActivation.ptr + k0 * inter, dM.ptr, count: ra * inter, act)
+        gemmNN(dM.ptr, lda: inter, fc1.weight, ldb: w, dH.ptr + k0 * w, ldc: w, m: ra, n: w, k: inter)
+        layerNormBackward(layerNorm2, x: tape.mid.ptr + k0 * w, mean: tape.ln2Mean.ptr + k0, rstd: tape.ln2Rstd.ptr + k0,
+                          dy: dH.ptr + k0 * w, dx: dxa, rows: ra)  // dx is now dL/dmid
+        // Attention. da[Ra, W] = dmid · Wo (into dH: dh2 is consumed)
         let dA = dH
-        gemmNN(dx, lda: w, selfAttn.outProj.weight, ldb: w, dA.ptr, ldc: w, m: rows, n: w, k: w)
+        gemmNN(dxa, lda: w, selfAttn.outProj.weight, ldb: w, dA.ptr + k0 * w, ldc: w, m: ra, n: w, k: w)
         // Per (sequence, head). A continuation of a prefix of the batch (`forwardRecording`) also
         // gives dK, dV of the prefix's rows: into its own slice dPre[S][np, 2W] (dK | dV), added to
         // the prefix's rows afterwards in sequence order (deterministic whatever the split).
@@ -68,8 +73,13 @@ extension EncoderLayer {
             preOffsets.append(po); po += prefixRows(s) * 2 * w
         }
         precondition(tape.probs.count == o, "EncoderLayer.backward: the tape's attention does not fit the sequences")
-        let items = seqs.count * heads, nt = min(threadBudget, items)
-        let maxTK = seqs.map { $0.count * (prefixRows($0) + $0.count) }.max() ?? 0
+        // (A keys-only first sequence has no pairs: its dq | dk | dv start at zero.)
+        let costs = seqs.enumerated().flatMap { si, s in
+            [Int](repeating: k0 > 0 && si == 0 ? 0 : s.count * (prefixRows(s) + s.count), count: heads)
+        }
+        let parts = costSplit(costs, parts: threadBudget), nt = parts.count
+        dQKV.ptr.update(repeating: 0, count: k0 * 3 * w)
+        let maxTK = costs.max() ?? 0
         let dPs = (0..<nt).map { scratch(4 + $0, maxTK) }, dPre = scratch(3, po)
         nonisolated(unsafe) let (qkvP, probsP, dAP, dQKVP, dPreP) = (ConstFloatPtr(tape.qkv.ptr), ConstFloatPtr(tape.probs.ptr),
                                                                      ConstFloatPtr(dA.ptr), dQKV.ptr, dPre.ptr)
@@ -77,7 +87,7 @@ extension EncoderLayer {
         nonisolated(unsafe) let dPP = dPPtrs
         parallelFor(nt) { part in
             let dP = dPP[part]
-            for item in (items * part / nt)..<(items * (part + 1) / nt) {
+            for item in parts[part] where k0 == 0 || item >= heads {
                 let si = item / heads, s = seqs[si], h = item % heads, t = s.count, np = prefixRows(s)
                 let pre = s.prefix.map { (qkv: qkvP + seqs[$0].row * 3 * w, dKV: dPreP + preOffsets[si]) }
                 attentionHeadBackward(qkv: qkvP + s.row * 3 * w, probs: probsP + offsets[si] + h * t * (np + t),
@@ -96,10 +106,12 @@ extension EncoderLayer {
                 for j in 0..<(2 * w) { dst[j] += sr[j] }
             }
         }
-        // dh1[R, W] = dqkv[R, 3W] · Wqkv[3W, W]; dx = dmid + LN1ᵀ(dh1)
-        gemmNN(dQKV.ptr, lda: 3 * w, selfAttn.qkv.weight, ldb: w, dH.ptr, ldc: w, m: rows, n: w, k: 3 * w)
-        layerNormBackward(layerNorm1, x: tape.input.ptr, mean: tape.ln1Mean.ptr, rstd: tape.ln1Rstd.ptr,
-                          dy: dH.ptr, dx: dx, rows: rows)
+        // dh1[R, W] = dqkv[R, 3W] · Wqkv[3W, W]; dx = dmid + LN1ᵀ(dh1) (with `inputRows`, those rows)
+        let r0 = inputRows?.lowerBound ?? 0, rn = inputRows?.count ?? rows
+        precondition(r0 >= 0 && r0 + rn <= rows, "EncoderLayer.backward: inputRows outside the rows")
+        gemmNN(dQKV.ptr + r0 * 3 * w, lda: 3 * w, selfAttn.qkv.weight, ldb: w, dH.ptr + r0 * w, ldc: w, m: rn, n: w, k: 3 * w)
+        layerNormBackward(layerNorm1, x: tape.input.ptr + r0 * w, mean: tape.ln1Mean.ptr + r0, rstd: tape.ln1Rstd.ptr + r0,
+                          dy: dH.ptr + r0 * w, dx: dx + r0 * w, rows: rn)
     }
 }
 

@@ -14,6 +14,9 @@ import ZeroSegCLIP
 //   y = prompt_norm(x_L) (LayerNorm, eps 1e-6); tokens = visual_projection(post_layernorm(y)) at
 //   the class row and the G patch rows (prompt rows dropped)                      [B, 1 + G, P]
 //
+// The passes hold the prompt rows once, as a keys-only prefix shared by every crop
+// (`promptedLayout`): only their keys and values are ever used, and they are the same for every crop.
+//
 // With N = 0 this is the plain encoder and tokens = visual_projection(post_layernorm(x_L)) (no
 // prompt_norm: ZegCLIP's CLIPVisionTransformer), i.e. `tokenEmbeddings(visionHidden(...))`.
 // ZegCLIP applies dropout (p = 0.1) to the projected prompts while training; here it is not
@@ -21,7 +24,7 @@ import ZeroSegCLIP
 //
 // Backward (`promptedBackward`): from dL/d(tokens) through visual_projection, post_layernorm,
 // prompt_norm (whose weight and bias get gradients) and the layers (`EncoderLayer.backward`) down;
-// at the input of layer i, dP_i = Σ_crops dx[:, 1...N] (for i >= 1 those rows of dx are then
+// at the input of layer i, dP_i = Σ_crops dx[:, 1...N] (the shared prompt rows' gradient; then
 // zeroed: the prompts replaced the previous layer's outputs there); dE_i = dP_i · Wp,
 // dWp += dP_iᵀ · E_i, dbp += Σ_rows dP_i. CLIP's weights and the pixels get no gradients.
 
@@ -104,7 +107,8 @@ public struct VisionTape: Sendable {
     /// The output tokens visual_projection(post_layernorm(·)) at the class and patch rows:
     /// [B, 1 + G, P], not normalised.
     public let tokens: Buffer
-    /// Per layer, what its backward needs (B sequences of T = 1 + N + G rows).
+    /// Per layer, what its backward needs (rows as `promptedLayout`: the N prompt rows once, then B
+    /// sequences of 1 + G rows continuing them).
     public let layers: [LayerTape]
     /// x_L at the class and patch rows [B·(1 + G), W] and prompt_norm's per-row statistics (N > 0).
     let last: Buffer, promptNormMean: Buffer, promptNormRstd: Buffer
@@ -152,37 +156,29 @@ extension CLIPModel {
         guard b >= 1 else { throw ZeroSegError("promptedForward: no crops") }
         let c = config.vision, w = c.hiddenSize, pd = config.projectionDim, n = prompts.count, nl = visionModel.layers.count
         let (x0, gh, gw) = try visionEmbeddings(pixels: pixels, batch: b, height: height, width: width)
-        let t0 = gh * gw + 1, t = t0 + n, kept = b * t0
+        let t0 = gh * gw + 1, kept = b * t0
         // P[L, N, W] = E · Wpᵀ + bp (one product for every layer)
         let pr = prompts.parameters
         let e = Buffer(pr[VisualPrompts.embeddingsName]), pw = Buffer(pr[VisualPrompts.projWeightName])
         let pb = Buffer(pr[VisualPrompts.projBiasName])
         let pRows = Buffer(nl * n * w)
         if n > 0 { ZeroSegCore.linear(e.ptr, pw.ptr, pb.ptr, pRows.ptr, m: nl * n, n: w, k: w) }
-        // x[B, T, W] = cat(class row, P_0, patch rows) per crop
-        let x = Buffer(b * t * w)
-        for bi in 0..<b {
-            let dst = x.ptr + bi * t * w, src = x0.ptr + bi * t0 * w
-            dst.update(from: src, count: w)
-            (dst + (1 + n) * w).update(from: src + w, count: (t0 - 1) * w)
-        }
-        let seqs = RaggedSequence.batch(b, tokens: t), scratch = BlockScratch()
+        // x[N + B·(1 + G), W] = P_i, then the crops' class and patch rows (`promptedLayout`)
+        let x = Buffer((n + kept) * w)
+        (x.ptr + n * w).update(from: x0.ptr, count: kept * w)
+        let seqs = promptedLayout(batch: b, tokens: t0, prompts: n), scratch = BlockScratch()
         var tapes: [LayerTape] = []
         for (li, layer) in visionModel.layers.enumerated() {
-            for bi in 0..<b where n > 0 { (x.ptr + (bi * t + 1) * w).update(from: pRows.ptr + li * n * w, count: n * w) }
+            x.ptr.update(from: pRows.ptr + li * n * w, count: n * w)
             if record {
-                tapes.append(layer.forwardRecording(x.ptr, seqs, causal: false, scratch: scratch))
+                tapes.append(layer.forwardRecording(x.ptr, seqs, causal: false, keysOnly: n, scratch: scratch))
             } else {
-                layer.forward(x.ptr, seqs, causal: false, scratch: scratch)
+                layer.forwardBatchPrefix(x.ptr, seqs, causal: false, keysOnly: n, scratch: scratch)
             }
         }
         // The class and patch rows of x_L: [B·(1 + G), W]
         let last = Buffer(kept * w)
-        for bi in 0..<b {
-            let src = x.ptr + bi * t * w, dst = last.ptr + bi * t0 * w
-            dst.update(from: src, count: w)
-            (dst + w).update(from: src + (1 + n) * w, count: (t0 - 1) * w)
-        }
+        last.ptr.update(from: x.ptr + n * w, count: kept * w)
         let pnMean = Buffer(record && n > 0 ? kept : 0), pnRstd = Buffer(record && n > 0 ? kept : 0)
         let normed: Buffer
         if n > 0 {
@@ -216,7 +212,7 @@ extension CLIPModel {
             throw ZeroSegError("promptedBackward: the tape was recorded by another model")
         }
         let w = config.vision.hiddenSize, pd = config.projectionDim, n = tape.count, b = tape.batch, nl = visionModel.layers.count
-        let t0 = tape.gh * tape.gw + 1, t = t0 + n, kept = b * t0
+        let t0 = tape.gh * tape.gw + 1, kept = b * t0
         guard dTokens.count == kept * pd else {
             throw ZeroSegError("promptedBackward: gradient has \(dTokens.count) values, expected [\(b), \(t0), \(pd)]")
         }
@@ -238,23 +234,20 @@ extension CLIPModel {
         dLast.ptr.update(repeating: 0, count: kept * w)
         layerNormBackward(weight: nw.ptr, cols: w, x: tape.last.ptr, mean: tape.promptNormMean.ptr, rstd: tape.promptNormRstd.ptr,
                           dy: dNormed.ptr, dx: dLast.ptr, rows: kept)
-        // dx[B, T, W]: the kept rows from dLast, the prompt rows zero (they are not output)
-        let dx = Buffer(zeros: b * t * w)
-        for bi in 0..<b {
-            let dst = dx.ptr + bi * t * w, src = dLast.ptr + bi * t0 * w
-            dst.update(from: src, count: w)
-            (dst + (1 + n) * w).update(from: src + w, count: (t0 - 1) * w)
-        }
-        // Down the layers; dP[L, N, W] collected at each layer's input
-        let dP = Buffer(zeros: nl * n * w), seqs = RaggedSequence.batch(b, tokens: t), scratch = BackwardScratch()
+        // dx[N + B·(1 + G), W] (`promptedLayout`): the prompt rows zero (no layer's output there is
+        // used: the next layer's prompts replace it, or the last layer's is dropped), the crops' rows
+        // from dLast
+        let dx = Buffer(zeros: (n + kept) * w)
+        (dx.ptr + n * w).update(from: dLast.ptr, count: kept * w)
+        // Down the layers; dP_i = dx at the prompt rows of layer i's input (the crops' parts summed
+        // by the backward pass, as the rows of a shared prefix), zeroed before the layer below.
+        // Layer 0's input gradient is needed at the prompt rows only.
+        let dP = Buffer(zeros: nl * n * w), seqs = promptedLayout(batch: b, tokens: t0, prompts: n), scratch = BackwardScratch()
         for li in stride(from: nl - 1, through: 0, by: -1) {
-            visionModel.layers[li].backward(tape.layers[li], seqs, causal: false, dx: dx.ptr, threads: threads, scratch: scratch)
-            let dPi = dP.ptr + li * n * w
-            for bi in 0..<b {
-                let rowsP = dx.ptr + (bi * t + 1) * w
-                for i in 0..<(n * w) { dPi[i] += rowsP[i] }
-                if li > 0 { rowsP.update(repeating: 0, count: n * w) }
-            }
+            visionModel.layers[li].backward(tape.layers[li], seqs, causal: false, dx: dx.ptr, threads: threads, scratch: scratch,
+                                            keysOnly: n, inputRows: li == 0 ? 0..<n : nil)
+            (dP.ptr + li * n * w).update(from: dx.ptr, count: n * w)
+            dx.ptr.update(repeating: 0, count: n * w)
         }
         // P = E · Wpᵀ + bp:  dE[LN, W] = dP · Wp;  dWp[W, W] = dPᵀ · E;  dbp = Σ_rows dP
         let e = Buffer(pr[VisualPrompts.embeddingsName]), pw = Buffer(pr[VisualPrompts.projWeightName])
@@ -270,4 +263,16 @@ extension CLIPModel {
         withExtendedLifetime((dTok, dNormed, nw, dx, scratch, e, pw, tape)) {}
         return grads
     }
+}
+
+/// The rows of a prompted pass: the N prompt rows P_i once, as a prefix that every crop's class
+/// and patch rows continue (B sequences of 1 + G rows after it). The same attention as ZegCLIP's
+/// cat(class, P_i, patches) per crop up to the order of the keys, i.e. rounding. The prompt rows'
+/// own outputs are never used (the next layer's prompts replace them, the last layer's are
+/// dropped), so they are a keys-only prefix (`keysOnly`: LN1 and q | k | v, no attention or MLP),
+/// computed once, not once per crop. N = 0: the plain batch.
+func promptedLayout(batch b: Int, tokens t0: Int, prompts n: Int) -> [RaggedSequence] {
+    guard n > 0 else { return RaggedSequence.batch(b, tokens: t0) }
+    return [RaggedSequence(row: 0, count: n)]
+        + (0..<b).map { RaggedSequence(row: n + $0 * t0, count: t0, position: n, prefix: 0) }
 }

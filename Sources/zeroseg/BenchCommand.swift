@@ -151,22 +151,28 @@ struct BenchCommand: ParsableCommand {
                 let px = Synth.values(name: "pixels", seed: 3, count: b * 3 * s * s, amplitude: 2)
                 let g0 = (s / model.config.vision.patchSize) * (s / model.config.vision.patchSize) + 1
                 let dTok = Synth.values(name: "vpt-upstream", seed: 4, count: b * g0 * model.config.projectionDim, amplitude: 1)
-                let fwd = try Bench.best(repeats) {
-                    _ = try px.withUnsafeBufferPointer { try model.visionHidden(pixels: $0.baseAddress!, batch: b, height: s, width: s, threads: t) }
-                }
                 var tapeBytes = 0
-                let step = try Bench.best(repeats) {
-                    let tape = try px.withUnsafeBufferPointer {
-                        try model.promptedForward(pixels: $0.baseAddress!, batch: b, height: s, width: s, prompts: prompts, threads: t)
-                    }
-                    tapeBytes = tape.floats * 4
-                    _ = try model.promptedBackward(tape, dTokens: dTok, threads: t)
-                }
-                let inference = try Bench.best(repeats) {
-                    _ = try px.withUnsafeBufferPointer {
-                        try model.promptedTokens(pixels: $0.baseAddress!, batch: b, height: s, width: s, prompts: prompts, threads: t)
-                    }
-                }
+                // The three cases take turns, so that their ratios see the same machine state.
+                let times = try Bench.bestInterleaved(repeats, [
+                    {
+                        _ = try px.withUnsafeBufferPointer {
+                            try model.visionHidden(pixels: $0.baseAddress!, batch: b, height: s, width: s, threads: t)
+                        }
+                    },
+                    {
+                        let tape = try px.withUnsafeBufferPointer {
+                            try model.promptedForward(pixels: $0.baseAddress!, batch: b, height: s, width: s, prompts: prompts, threads: t)
+                        }
+                        tapeBytes = tape.floats * 4
+                        _ = try model.promptedBackward(tape, dTokens: dTok, threads: t)
+                    },
+                    {
+                        _ = try px.withUnsafeBufferPointer {
+                            try model.promptedTokens(pixels: $0.baseAddress!, batch: b, height: s, width: s, prompts: prompts, threads: t)
+                        }
+                    },
+                ])
+                let (fwd, step, inference) = (times[0], times[1], times[2])
                 let flops = Double(b) * Bench.visionFLOPs(model.config, height: s, width: s)
                 report("vpt plain forward (\(s) px, batch \(b))", fwd, flops: flops, floor: rate)
                 report("vpt prompted forward N=10 (batch \(b))", inference, extra: String(format: "x%.2f of the plain forward", inference / fwd))

@@ -125,6 +125,40 @@ import ZeroSegTestSupport
         withExtendedLifetime((whole, prefix, rest)) {}
     }
 
+    /// A keys-only prefix of the batch (the deep visual prompts' rows, `forwardRecording` /
+    /// `forwardBatchPrefix` with `keysOnly`) gives each sequence's rows as if the prefix's rows were
+    /// inserted after its first row (ZegCLIP's cat(class, prompts, patches)) and leaves the prefix's
+    /// rows as they were; recording or not, the same bits. Every vision layer, 2 and 1 threads.
+    @Test(arguments: [1, 2]) func keysOnlyPrefixEqualsInsertedRows(threads: Int) throws {
+        let m = Self.model, w = m.config.vision.hiddenSize, n = 3, b = 2, t0 = 17
+        let prompts = randomFloats(n * w, seed: 31)
+        let crops = randomFloats(b * t0 * w, seed: 32)
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
+        for (li, l) in m.visionModel.layers.enumerated() {
+            // Reference: each crop's [class, P, patches] through the block on its own.
+            let ref = (0..<b).map { bi -> [Float] in
+                let c = Array(crops[(bi * t0 * w)..<((bi + 1) * t0 * w)])
+                let x = Buffer(Array(c[0..<w]) + prompts + Array(c[w...]))
+                l.forward(x.ptr, RaggedSequence.batch(1, tokens: n + t0), causal: false)
+                let out = Self.array(x.ptr, (n + t0) * w)
+                return Array(out[0..<w]) + Array(out[((1 + n) * w)...])
+            }
+            let seqs = [RaggedSequence(row: 0, count: n)] + (0..<b).map { RaggedSequence(row: n + $0 * t0, count: t0, position: n, prefix: 0) }
+            let x = Buffer(prompts + crops), xr = Buffer(prompts + crops)
+            l.forwardBatchPrefix(x.ptr, seqs, causal: false, keysOnly: n)
+            let tape = l.forwardRecording(xr.ptr, seqs, causal: false, keysOnly: n)
+            #expect(Self.array(x.ptr, (n + b * t0) * w) == Self.array(xr.ptr, (n + b * t0) * w), "layer \(li): recording changed the bits")
+            #expect(Self.array(x.ptr, n * w) == prompts, "layer \(li): the keys-only rows changed")
+            #expect(tape.probs.count == b * m.config.vision.numAttentionHeads * t0 * (n + t0) + m.config.vision.numAttentionHeads * n * n)
+            for bi in 0..<b {
+                let got = Self.array(x.ptr + (n + bi * t0) * w, t0 * w), bound = Self.bound(ref[bi])
+                #expect(maxAbsDiff(got, ref[bi]) <= bound, "layer \(li), crop \(bi): \(maxAbsDiff(got, ref[bi]))")
+            }
+            withExtendedLifetime((x, xr, tape)) {}
+        }
+    }
+
     /// The dense last block with `vanilla` is plain CLIP: its patch embeddings are the full
     /// encoder's (`visionHidden` + `tokenEmbeddings`), L2-normalised.
     @Test func denseVanillaIsTheSharedBlock() throws {
