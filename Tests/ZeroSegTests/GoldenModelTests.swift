@@ -53,6 +53,23 @@ import ZeroSeg
         #expect(model.isSynthetic)
     }
 
+    /// Images encoded several per encoder pass equal one at a time (5 images: batches of 2, 2, 1 and
+    /// of 8), for 1 and 2 threads; a batch below 1 is an error.
+    @Test(arguments: [1, 2]) func imageBatchingIsExact(threads: Int) throws {
+        let model = try CLIPModel(directory: Self.tinyDir)
+        let images = try (0..<5).map { i in
+            try RGBImage(width: 40 + 9 * i, height: 50 - 3 * i,
+                         pixels: randomFloats((40 + 9 * i) * (50 - 3 * i) * 3, seed: UInt64(40 + i)).map { abs($0) })
+        }
+        let single = try images.map { try model.encodeImages([$0], threads: threads)[0] }
+        for b in [2, 8] {
+            let batched = try model.encodeImages(images, batch: b, threads: threads)
+            #expect(batched.count == images.count)
+            for i in images.indices { #expect(maxAbsDiff(single[i], batched[i]) < 1e-6, "batch \(b), image \(i)") }
+        }
+        #expect(throws: ZeroSegError.self) { try model.encodeImages(images, batch: 0, threads: threads) }
+    }
+
     /// The fast text path (shared template prefixes, ragged rows, last layer on the end token only)
     /// equals the reference path (every sequence whole) on templates x names.
     @Test func sharedPrefixTextPathEqualsReference() throws {
