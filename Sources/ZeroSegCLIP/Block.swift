@@ -111,6 +111,19 @@ package func costSplit(_ costs: [Int], parts: Int) -> [Range<Int>] {
     return ranges
 }
 
+/// The (sequence, head) pairs of attention over sequences that may continue a prefix of the same
+/// batch (item i: sequence i / heads, head i % heads), split over up to `parts` threads by their
+/// cost T · (T_prefix + T) (`costSplit`); a keys-only first sequence has no pairs, so its items are
+/// in no part. Also the largest pair's cost (its [T, T_prefix + T] scores).
+package func attentionPairParts(_ seqs: [RaggedSequence], heads: Int, keysOnly: Bool, parts: Int) -> (parts: [Range<Int>], maxCost: Int) {
+    let first = keysOnly ? 1 : 0
+    let costs = seqs.dropFirst(first).flatMap { s in
+        [Int](repeating: s.count * ((s.prefix.map { seqs[$0].count } ?? 0) + s.count), count: heads)
+    }
+    let shift = first * heads
+    return (costSplit(costs, parts: parts).map { ($0.lowerBound + shift)..<($0.upperBound + shift) }, costs.max() ?? 0)
+}
+
 extension LayerNorm {
     /// With `mean` and `rstd` ([rows]), also records each row's mean and 1/√(var + eps) (for
     /// backward; the same arithmetic as without, rows split over the thread budget when many).
@@ -216,7 +229,7 @@ extension EncoderLayer {
         func prefixOf(_ s: RaggedSequence) -> RaggedSequence? { batchPrefix ? nil : s.prefix.flatMap { i in prefix.map { $0.seqs[i] } } }
         let maxKeys = seqs.map { $0.count + (prefixOf($0)?.count ?? 0) }.max() ?? 1
         let maxQueries = pooled == nil ? (seqs.map(\.count).max() ?? 1) : 1
-        let scores = scratch(.scores, maxQueries * maxKeys)
+        let scores = scratch(.scores, batchPrefix ? 0 : maxQueries * maxKeys)
         let hasPrefix = seqs.contains { prefixOf($0) != nil }
         let keys = scratch(.keys, hasPrefix ? maxKeys * w : 0), vals = scratch(.values, hasPrefix ? maxKeys * w : 0)
         let scale = 1 / Float(d).squareRoot()
@@ -227,15 +240,11 @@ extension EncoderLayer {
             // (np) then its own: scores [T, np + T] in two column blocks, p · v in two parts.
             var offsets: [Int] = [], probsOffset = 0
             for s in seqs { offsets.append(probsOffset); probsOffset += heads * s.count * (ownPrefixRows(s) + s.count) }
-            // (A keys-only first sequence has no pairs: cost 0, skipped.)
-            let costs = seqs.enumerated().flatMap { si, s in
-                [Int](repeating: k0 > 0 && si == 0 ? 0 : s.count * (ownPrefixRows(s) + s.count), count: heads)
-            }
-            let parts = costSplit(costs, parts: threadBudget), maxTK = costs.max() ?? 0
+            let (parts, maxTK) = attentionPairParts(seqs, heads: heads, keysOnly: k0 > 0, parts: threadBudget)
             let work = tape == nil ? scratch(.scores, parts.count * maxTK) : Buffer(0)
             nonisolated(unsafe) let (qkvP, aP, probsP, workP) = (ConstFloatPtr(qkv.ptr), a, tape?.probs.ptr, work.ptr)
             parallelFor(parts.count) { part in
-                for item in parts[part] where k0 == 0 || item >= heads {
+                for item in parts[part] {
                     let s = seqs[item / heads], hd = item % heads, t = s.count
                     let np = s.prefix.map { seqs[$0].count } ?? 0, nk = np + t
                     let own = qkvP + s.row * 3 * w, pre = qkvP + (s.prefix.map { seqs[$0].row } ?? 0) * 3 * w

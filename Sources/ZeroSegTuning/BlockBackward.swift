@@ -74,12 +74,8 @@ extension EncoderLayer {
         }
         precondition(tape.probs.count == o, "EncoderLayer.backward: the tape's attention does not fit the sequences")
         // (A keys-only first sequence has no pairs: its dq | dk | dv start at zero.)
-        let costs = seqs.enumerated().flatMap { si, s in
-            [Int](repeating: k0 > 0 && si == 0 ? 0 : s.count * (prefixRows(s) + s.count), count: heads)
-        }
-        let parts = costSplit(costs, parts: threadBudget), nt = parts.count
+        let (parts, maxTK) = attentionPairParts(seqs, heads: heads, keysOnly: k0 > 0, parts: threadBudget), nt = parts.count
         dQKV.ptr.update(repeating: 0, count: k0 * 3 * w)
-        let maxTK = costs.max() ?? 0
         let dPs = (0..<nt).map { scratch(4 + $0, maxTK) }, dPre = scratch(3, po)
         nonisolated(unsafe) let (qkvP, probsP, dAP, dQKVP, dPreP) = (ConstFloatPtr(tape.qkv.ptr), ConstFloatPtr(tape.probs.ptr),
                                                                      ConstFloatPtr(dA.ptr), dQKV.ptr, dPre.ptr)
@@ -87,7 +83,7 @@ extension EncoderLayer {
         nonisolated(unsafe) let dPP = dPPtrs
         parallelFor(nt) { part in
             let dP = dPP[part]
-            for item in parts[part] where k0 == 0 || item >= heads {
+            for item in parts[part] {
                 let si = item / heads, s = seqs[si], h = item % heads, t = s.count, np = prefixRows(s)
                 let pre = s.prefix.map { (qkv: qkvP + seqs[$0].row * 3 * w, dKV: dPreP + preOffsets[si]) }
                 attentionHeadBackward(qkv: qkvP + s.row * 3 * w, probs: probsP + offsets[si] + h * t * (np + t),
