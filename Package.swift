@@ -10,6 +10,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // C system libraries (Debian: libopenblas-dev libjpeg-dev libpng-dev libutf8proc-dev zlib1g-dev
@@ -54,10 +55,16 @@ let package = Package(
                                "CImageShim", "CPNG", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "ZeroSegTuning",
                 dependencies: ["ZeroSegCore", "ZeroSegFormats", "ZeroSegImaging", "ZeroSegCLIP", "ZeroSegSegmentation", "CKernels", "CBLAS"]),
+        // The embedding index: float16 vector shards (memory-mapped) + SQLite metadata (GRDB, WAL),
+        // exact top-k with BLAS, region embeddings, search by text / image / region.
+        .target(name: "ZeroSegIndex",
+                dependencies: ["ZeroSegCore", "ZeroSegImaging", "ZeroSegCLIP", "ZeroSegSegmentation", "CKernels", "CBLAS", "CZlib",
+                               .product(name: "GRDB", package: "GRDB.swift"),
+                               .product(name: "Crypto", package: "swift-crypto")]),
         // The product: re-exports the layers above.
         .target(name: "ZeroSeg",
                 dependencies: ["ZeroSegCore", "ZeroSegFormats", "ZeroSegImaging", "ZeroSegText", "ZeroSegCLIP",
-                               "ZeroSegHub", "ZeroSegSegmentation", "ZeroSegTuning"]),
+                               "ZeroSegHub", "ZeroSegSegmentation", "ZeroSegTuning", "ZeroSegIndex"]),
         // Test-only code, in no product: naive reference kernels and the PNG reader the writer
         // tests use. Only the test target depends on it.
         .target(name: "ZeroSegTestSupport",

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 // MARK: - Portable (plain C over libm; the compiler may vectorise the loops without calls)
@@ -412,3 +413,88 @@ void zs_gelu_tanh_grad(const float *x, float *g, size_t n) { ZS_DISPATCH(zs_kern
 void zs_quick_gelu_grad_at(int level, const float *x, float *g, size_t n) { ZS_DISPATCH(runnable(level), quick_gelu_grad, x, g, n) }
 void zs_gelu_erf_grad_at(int level, const float *x, float *g, size_t n) { ZS_DISPATCH(runnable(level), gelu_erf_grad, x, g, n) }
 void zs_gelu_tanh_grad_at(int level, const float *x, float *g, size_t n) { ZS_DISPATCH(runnable(level), gelu_tanh_grad, x, g, n) }
+
+// MARK: - float16 conversions (the embedding index's shards)
+
+void zs_f16_to_f32_portable(const unsigned short *src, float *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t h = src[i], sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu, bits;
+        if (exp == 0) {
+            if (man == 0) {
+                bits = sign;
+            } else {  // subnormal: normalise
+                int e = -1;
+                do { e++; man <<= 1; } while ((man & 0x400u) == 0);
+                bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+            }
+        } else if (exp == 31) {
+            bits = sign | 0x7f800000u | (man << 13);
+        } else {
+            bits = sign | ((exp + 112) << 23) | (man << 13);
+        }
+        memcpy(dst + i, &bits, 4);
+    }
+}
+
+void zs_f32_to_f16_portable(const float *src, unsigned short *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t x;
+        memcpy(&x, src + i, 4);
+        uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+        uint16_t out;
+        if (ax > 0x7f800000u) {
+            out = (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));  // NaN, quiet
+        } else if (ax >= 0x477ff000u) {
+            out = (uint16_t)(sign | 0x7c00u);  // rounds to >= 65520: inf
+        } else if (ax < 0x38800000u) {  // below the smallest normal half (2^-14): subnormal or zero
+            if (ax < 0x33000000u) {  // below 2^-25: rounds to zero
+                out = (uint16_t)sign;
+            } else {
+                uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+                uint32_t shift = 126 - e;  // so that m >> shift is in half-subnormal units (2^-24)
+                uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+                if (rem > half || (rem == half && (q & 1u))) q++;
+                out = (uint16_t)(sign | q);
+            }
+        } else {
+            uint32_t q = ((ax >> 13) - (112u << 10)), rem = ax & 0x1fffu;
+            if (rem > 0x1000u || (rem == 0x1000u && (q & 1u))) q++;  // may carry into the exponent: right
+            out = (uint16_t)(sign | q);
+        }
+        dst[i] = out;
+    }
+}
+
+#if ZS_X86
+#define ZS_F16C __attribute__((target("avx,f16c")))
+ZS_F16C static void f16_to_f32_f16c(const unsigned short *src, float *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    if (i < n) zs_f16_to_f32_portable(src + i, dst + i, n - i);
+}
+ZS_F16C static void f32_to_f16_f16c(const float *src, unsigned short *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    if (i < n) zs_f32_to_f16_portable(src + i, dst + i, n - i);
+}
+static int has_f16c(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+}
+#endif
+
+void zs_f16_to_f32(const unsigned short *src, float *dst, size_t n) {
+#if ZS_X86
+    if (zs_kernels_level() != ZS_KERNELS_PORTABLE && has_f16c()) { f16_to_f32_f16c(src, dst, n); return; }
+#endif
+    zs_f16_to_f32_portable(src, dst, n);
+}
+
+void zs_f32_to_f16(const float *src, unsigned short *dst, size_t n) {
+#if ZS_X86
+    if (zs_kernels_level() != ZS_KERNELS_PORTABLE && has_f16c()) { f32_to_f16_f16c(src, dst, n); return; }
+#endif
+    zs_f32_to_f16_portable(src, dst, n);
+}

@@ -8,3 +8,4 @@
 @_exported import ZeroSegHub
 @_exported import ZeroSegSegmentation
 @_exported import ZeroSegTuning
+@_exported import ZeroSegIndex

@@ -36,16 +36,7 @@ extension CLIPModel {
         denseLastLayer(layers[layers.count - 1], x.ptr, batch: n, tokens: t, width: w, gh: gh, gw: gw,
                        method: method, gaussianStd: gaussianStd)
         let emb = tokenEmbeddings(hidden: x, batch: n, tokens: t, threads: threads)  // [N, T, P]
-        let out = Buffer(n * (t - 1) * p)
-        for b in 0..<n {
-            for j in 1..<t {
-                let src = emb.ptr + (b * t + j) * p, dst = out.ptr + (b * (t - 1) + j - 1) * p
-                var s: Float = 0
-                for i in 0..<p { s += src[i] * src[i] }
-                let inv = 1 / max(s.squareRoot(), 1e-12)
-                for i in 0..<p { dst[i] = src[i] * inv }
-            }
-        }
+        let out = normalizedPatchRows(emb, batch: n, tokens: t, dim: p)
         withExtendedLifetime((x, emb)) {}
         return (out, gh, gw)
     }
@@ -141,4 +132,54 @@ func neighbourhoodBias(gh: Int, gw: Int, std: Float) -> Buffer {
         }
     }
     return o
+}
+
+extension CLIPModel {
+    /// One encoder pass for both the image embedding and the dense patch embeddings of the same
+    /// pixels [N, 3, H, W]: the first L−1 layers run once; the last layer runs twice on copies of
+    /// their output, as `encodePixels` does (class token only) and as `densePatchEmbeddings` does
+    /// (the `method`'s dense block). Returns global: [N][P] (L2-normalised, equal to
+    /// `encodePixels`), patches: [N, gh·gw, P] (L2-normalised, equal to `densePatchEmbeddings`).
+    public func imageAndPatchEmbeddings(pixels: ConstFloatPtr, batch n: Int, height: Int, width: Int,
+                                        method: DenseMethod, gaussianStd: Float = 5,
+                                        threads: Int = defaultThreads) throws -> (global: [[Float]], patches: Buffer, gh: Int, gw: Int) {
+        let budget = enterThreads(threads)
+        defer { budget.leave() }
+        let layers = visionModel.layers, last = layers[layers.count - 1]
+        let (x, gh, gw) = try visionHidden(pixels: pixels, batch: n, height: height, width: width,
+                                           layers: layers.count - 1, threads: threads)
+        let w = config.vision.hiddenSize, t = gh * gw + 1, p = config.projectionDim
+        // x: [N, T, W] after L−1 layers. The pooled path uses its copy as scratch.
+        let copy = Buffer(n * t * w), pooled = Buffer(n * w), emb = Buffer(n * p)
+        copy.ptr.update(from: x.ptr, count: n * t * w)
+        last.forward(copy.ptr, RaggedSequence.batch(n, tokens: t), causal: false, pooled: (.first, pooled.ptr))
+        visionModel.postLayernorm(pooled.ptr, pooled.ptr, rows: n)
+        ZeroSegCore.linear(pooled.ptr, visualProjection, nil, emb.ptr, m: n, n: p, k: w)
+        let global = (0..<n).map { b in
+            var v = Array(UnsafeBufferPointer(start: emb.ptr + b * p, count: p))
+            l2Normalize(&v)
+            return v
+        }
+        denseLastLayer(last, x.ptr, batch: n, tokens: t, width: w, gh: gh, gw: gw, method: method, gaussianStd: gaussianStd)
+        let tok = tokenEmbeddings(hidden: x, batch: n, tokens: t, threads: threads)  // [N, T, P]
+        let out = normalizedPatchRows(tok, batch: n, tokens: t, dim: p)
+        withExtendedLifetime((x, copy, pooled, emb, tok)) {}
+        return (global, out, gh, gw)
+    }
+}
+
+/// The patch rows of token embeddings emb: [N, T, P] (class token first), each L2-normalised:
+/// out: [N, T−1, P].
+func normalizedPatchRows(_ emb: Buffer, batch n: Int, tokens t: Int, dim p: Int) -> Buffer {
+    let out = Buffer(n * (t - 1) * p)
+    for b in 0..<n {
+        for j in 1..<t {
+            let src = emb.ptr + (b * t + j) * p, dst = out.ptr + (b * (t - 1) + j - 1) * p
+            var s: Float = 0
+            for i in 0..<p { s += src[i] * src[i] }
+            let inv = 1 / max(s.squareRoot(), 1e-12)
+            for i in 0..<p { dst[i] = src[i] * inv }
+        }
+    }
+    return out
 }

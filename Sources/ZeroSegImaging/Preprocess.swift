@@ -344,15 +344,34 @@ public struct CLIPPreprocessor: Sendable {
     /// Resize + center crop + rescale + normalize: [3, cropSize, cropSize] f32 (CHW). Throws for
     /// an empty picture.
     public func callAsFunction(_ img: RGBImage) throws -> [Float] {
-        guard img.width > 0 && img.height > 0 else { throw ZeroSegError("CLIPPreprocessor: empty \(img.width)x\(img.height) picture") }
         guard size > 0 && cropSize > 0 && mean.count == 3 && std.count == 3 else {
             throw ZeroSegError("CLIPPreprocessor: size \(size) and crop \(cropSize) must be positive, mean and std 3 values each (\(mean.count), \(std.count))")
         }
+        return normalizeU8(try resizedCrop(img), width: cropSize, height: cropSize)
+    }
+
+    /// The resized, center-cropped picture that `callAsFunction` normalises: [cropSize, cropSize, 3] u8.
+    func resizedCrop(_ img: RGBImage) throws -> [UInt8] {
+        guard img.width > 0 && img.height > 0 else { throw ZeroSegError("CLIPPreprocessor: empty \(img.width)x\(img.height) picture") }
         let (rw, rh) = Self.shortestEdgeSize(width: img.width, height: img.height, shortestEdge: size)
         let resized = pilResizeBicubic(quantizeToUInt8(img.pixels), width: img.width, height: img.height,
                                        outWidth: rw, outHeight: rh)
-        let crop = centerCrop(resized, width: rw, height: rh, crop: cropSize)
-        return normalizeU8(crop, width: cropSize, height: cropSize)
+        return centerCrop(resized, width: rw, height: rh, crop: cropSize)
+    }
+
+    /// Both what the model sees and where it lies: the normalised pixels [3, cropSize, cropSize]
+    /// (as `callAsFunction`), the same crop as a picture, and the crop's square in the input's
+    /// pixel coordinates (x0, y0, x1, y1; fractional, and past the edges when the picture is
+    /// smaller than the crop).
+    public func preprocessWithCrop(_ img: RGBImage) throws -> (pixels: [Float], crop: RGBImage, box: (x0: Double, y0: Double, x1: Double, y1: Double)) {
+        let u8 = try resizedCrop(img)
+        let (rw, rh) = Self.shortestEdgeSize(width: img.width, height: img.height, shortestEdge: size)
+        let fx = Double(img.width) / Double(rw), fy = Double(img.height) / Double(rh)
+        func start(_ n: Int) -> Int { cropSize <= n ? (n - cropSize) / 2 : -((cropSize - n + 1) / 2) }
+        let x0 = Double(start(rw)), y0 = Double(start(rh))
+        let box = (x0 * fx, y0 * fy, (x0 + Double(cropSize)) * fx, (y0 + Double(cropSize)) * fy)
+        let crop = RGBImage(unchecked: cropSize, height: cropSize, pixels: u8.map { Float($0) })
+        return (normalizeU8(u8, width: cropSize, height: cropSize), crop, box)
     }
 
     /// Rescale + normalize only (no resize, no crop), for dense use: [3, H, W] f32 (CHW).

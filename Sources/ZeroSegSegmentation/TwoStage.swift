@@ -250,15 +250,7 @@ public final class TwoStageSegmenter: @unchecked Sendable {
     /// The L2-normalised mean of the feature-grid cells under the mask's pixels (each pixel
     /// counts its cell once: an area-weighted mean).
     public func pooledEmbedding(_ m: ProposalMask, features g: FeatureGrid) -> [Float] {
-        let rowsOf = g.cellRows(imageHeight: m.height), colsOf = g.cellColumns(imageWidth: m.width)
-        var count = [Int](repeating: 0, count: g.height * g.width)
-        for y in 0..<m.height { for x in 0..<m.width where m.bits[y * m.width + x] != 0 { count[rowsOf[y] * g.width + colsOf[x]] += 1 } }
-        var v = [Float](repeating: 0, count: g.dim)
-        for (cell, n) in count.enumerated() where n > 0 {
-            for d in 0..<g.dim { v[d] += Float(n) * g.data[cell * g.dim + d] }
-        }
-        l2Normalize(&v)
-        return v
+        maskPooledEmbedding(m, features: g)
     }
 
     /// [R] = max over each class's names of softmax over all names of scale · cos(e, query).
@@ -297,3 +289,16 @@ public final class TwoStageSegmenter: @unchecked Sendable {
     }
 }
 
+/// The L2-normalised mean of the feature-grid cells under the mask's pixels (each pixel counts its
+/// cell once: an area-weighted mean).
+public func maskPooledEmbedding(_ m: ProposalMask, features g: FeatureGrid) -> [Float] {
+    let rowsOf = g.cellRows(imageHeight: m.height), colsOf = g.cellColumns(imageWidth: m.width)
+    var count = [Int](repeating: 0, count: g.height * g.width)
+    for y in 0..<m.height { for x in 0..<m.width where m.bits[y * m.width + x] != 0 { count[rowsOf[y] * g.width + colsOf[x]] += 1 } }
+    var v = [Float](repeating: 0, count: g.dim)
+    for (cell, n) in count.enumerated() where n > 0 {
+        for d in 0..<g.dim { v[d] += Float(n) * g.data[cell * g.dim + d] }
+    }
+    l2Normalize(&v)
+    return v
+}

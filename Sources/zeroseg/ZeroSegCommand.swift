@@ -8,7 +8,7 @@ struct ZeroSegCommand: ParsableCommand {
         commandName: "zeroseg",
         abstract: "Zero-shot, open-vocabulary semantic segmentation with CLIP, on the CPU.",
         version: ZeroSeg.version,
-        subcommands: [Segment.self, Eval.self, Tune.self, Classify.self, Embed.self, Tokenize.self, Weights.self, BenchCommand.self, Debug.self],
+        subcommands: [Segment.self, Eval.self, Tune.self, IndexCommand.self, SearchCommand.self, Classify.self, Embed.self, Tokenize.self, Weights.self, BenchCommand.self, Debug.self],
         defaultSubcommand: Segment.self
     )
 

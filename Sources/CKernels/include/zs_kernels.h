@@ -33,6 +33,16 @@ void zs_quick_gelu_grad(const float *x, float *g, size_t n);
 void zs_gelu_erf_grad(const float *x, float *g, size_t n);
 void zs_gelu_tanh_grad(const float *x, float *g, size_t n);
 
+/// float16 (IEEE binary16 bit patterns) to float32, exactly: dst[i] = src[i] for i < n.
+/// F16C's vcvtph2ps on CPUs that have it (with the AVX2 or AVX-512 level), else bit arithmetic.
+void zs_f16_to_f32(const unsigned short *src, float *dst, size_t n);
+/// float32 to float16 bit patterns, rounding to nearest even (as numpy's astype(float16)):
+/// F16C's vcvtps2ph where available, else bit arithmetic. NaN stays NaN, overflow gives inf.
+void zs_f32_to_f16(const float *src, unsigned short *dst, size_t n);
+/// The portable versions of the two, whatever the CPU (for tests comparing the paths).
+void zs_f16_to_f32_portable(const unsigned short *src, float *dst, size_t n);
+void zs_f32_to_f16_portable(const float *src, unsigned short *dst, size_t n);
+
 /// The active level (ZS_KERNELS_*), resolved on first call.
 int zs_kernels_level(void);
 /// 1 when this CPU (and build) can run `level`.

@@ -1,0 +1,155 @@
+import Crypto
+import Foundation
+import ZeroSegCLIP
+import ZeroSegCore
+import ZeroSegImaging
+
+/// What one `DirectoryIndexer.update` did.
+public struct IndexingReport: Sendable, Codable, Equatable {
+    public struct Failure: Sendable, Codable, Equatable {
+        public var path: String
+        public var error: String
+    }
+    /// Images new to the index.
+    public var added = 0
+    /// Images whose content changed (by SHA-256) and were embedded again.
+    public var updated = 0
+    /// Images that are gone from disk, removed from the index.
+    public var removed = 0
+    /// Images already indexed with the same content.
+    public var unchanged = 0
+    /// Files that could not be read or decoded (left out; the rest is indexed).
+    public var failed: [Failure] = []
+    /// The index afterwards.
+    public var images = 0
+    public var imageVectors = 0
+    public var regionVectors = 0
+    public var seconds = 0.0
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case added, updated, removed, unchanged, failed, images, imageVectors = "image_vectors", regionVectors = "region_vectors", seconds
+    }
+}
+
+/// The image files under some roots, and bringing an index up to date with them.
+public final class DirectoryIndexer: @unchecked Sendable {
+    public let embedder: RegionEmbedder
+
+    /// File name extensions indexed (lowercase).
+    public static let imageExtensions: Set<String> = ["jpg", "jpeg", "png"]
+
+    public init(embedder: RegionEmbedder) {
+        self.embedder = embedder
+    }
+
+    /// The image files under `roots` (files given directly, or found recursively in folders;
+    /// hidden entries skipped), as absolute standardised paths, sorted, without duplicates.
+    /// A root that does not exist is an error.
+    public static func imageFiles(under roots: [URL], excluding excluded: URL? = nil) throws -> [String] {
+        var out = Set<String>()
+        let skip = excluded?.standardizedFileURL.path
+        for root in roots {
+            let r = root.standardizedFileURL
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: r.path, isDirectory: &isDir) else {
+                throw ZeroSegError.badInput("\(root.path): no such file or folder", file: root.path)
+            }
+            if !isDir.boolValue {
+                out.insert(r.path)
+                continue
+            }
+            guard let e = FileManager.default.enumerator(at: r, includingPropertiesForKeys: [.isRegularFileKey],
+                                                         options: [.skipsHiddenFiles, .skipsPackageDescendants]) else {
+                throw ZeroSegError.badInput("\(root.path): cannot list the folder", file: root.path)
+            }
+            for case let u as URL in e {
+                let path = u.standardizedFileURL.path
+                if let skip, path == skip || path.hasPrefix(skip + "/") { e.skipDescendants(); continue }
+                guard imageExtensions.contains(u.pathExtension.lowercased()),
+                      (try? u.resourceValues(forKeys: [.isRegularFileKey]).isRegularFile) == true else { continue }
+                out.insert(path)
+            }
+        }
+        return out.sorted()
+    }
+
+    /// Brings `index` up to date with the image files under `roots`: adds new files, embeds again
+    /// files whose content changed, removes indexed files that no longer exist, and leaves the
+    /// rest alone. Each batch of images is one transaction, so a run killed at any point leaves
+    /// a usable index and the next run goes on from there. `progress` gets (done, to do).
+    public func update(_ index: EmbeddingIndex, roots: [URL], progress: ((Int, Int) -> Void)? = nil) throws -> IndexingReport {
+        var clock = Stopwatch()
+        try index.check(model: embedder.model)
+        let options = embedder.options
+        var report = IndexingReport()
+        let files = try Self.imageFiles(under: roots, excluding: index.directory)
+        var known: [String: IndexedImage] = [:]
+        for im in try index.images() { known[im.path] = im }
+        let gone = known.keys.filter { !FileManager.default.fileExists(atPath: $0) }.sorted()
+        try index.remove(imagePaths: gone)
+        report.removed = gone.count
+
+        // Hash everything first: what is unchanged is known before any model work.
+        var todo: [(path: String, data: Data, sha: String, isNew: Bool)] = []
+        for f in files {
+            let data: Data
+            do {
+                data = try readLimited(f, maxBytes: options.maxFileBytes)
+            } catch let e as ZeroSegError {
+                report.failed.append(.init(path: f, error: e.message))
+                continue
+            }
+            let sha = SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+            if let k = known[f], k.sha256 == sha { report.unchanged += 1; continue }
+            todo.append((f, data, sha, known[f] == nil))
+        }
+        var done = 0
+        progress?(0, todo.count)
+        var start = 0
+        while start < todo.count {
+            let part = todo[start..<min(todo.count, start + options.batch)]
+            start += options.batch
+            var decoded: [(item: (path: String, data: Data, sha: String, isNew: Bool), image: RGBImage)] = []
+            for it in part {
+                do {
+                    decoded.append((it, try RGBImage.decode(data: it.data, maxPixels: options.maxPixels)))
+                } catch let e as ZeroSegError {
+                    report.failed.append(.init(path: it.path, error: e.message))
+                }
+            }
+            if !decoded.isEmpty {
+                let vectors = try embedder.embed(decoded.map(\.image))
+                try index.add(zip(decoded, vectors).map { d, v in
+                    ImageEmbeddings(path: d.item.path, sha256: d.item.sha, bytes: d.item.data.count, width: d.image.width,
+                                    height: d.image.height, global: v.global, regions: v.regions)
+                })
+                for d in decoded { if d.item.isNew { report.added += 1 } else { report.updated += 1 } }
+            }
+            done += part.count
+            progress?(done, todo.count)
+        }
+        report.images = try index.imageCount()
+        report.imageVectors = try index.count(.image)
+        report.regionVectors = try index.count(.region)
+        report.seconds = clock.lap()
+        return report
+    }
+}
+
+/// The bytes of a file, refusing more than `maxBytes`.
+func readLimited(_ path: String, maxBytes: Int) throws -> Data {
+    let attrs: [FileAttributeKey: Any]
+    do { attrs = try FileManager.default.attributesOfItem(atPath: path) } catch {
+        throw ZeroSegError.badInput("\(path): cannot read (\(error.localizedDescription))", file: path)
+    }
+    if let size = attrs[.size] as? Int, size > maxBytes {
+        throw ZeroSegError.badInput("\(path): \(size) bytes, more than the limit of \(maxBytes)", file: path)
+    }
+    guard let d = FileManager.default.contents(atPath: path) else {
+        throw ZeroSegError.badInput("\(path): cannot read", file: path)
+    }
+    guard d.count <= maxBytes else { throw ZeroSegError.badInput("\(path): more than the limit of \(maxBytes) bytes", file: path) }
+    return d
+}

@@ -1,0 +1,182 @@
+import Foundation
+import GRDB
+import ZeroSegCLIP
+import ZeroSegCore
+import ZeroSegImaging
+import ZeroSegSegmentation
+
+extension EmbeddingIndex {
+    /// The top `options.k` vectors of `options.kind` for query vectors [Q][dim]: each vector's
+    /// score is its best dot product over the queries (several queries: synonyms). With
+    /// `onePerImage`, an image counts once, with its best vector. Ranked by score, then by id.
+    public func search(vectors queries: [[Float]], options: SearchOptions = SearchOptions(),
+                       threads: Int = defaultThreads) throws -> [SearchHit] {
+        try options.validate()
+        guard !queries.isEmpty else { throw ZeroSegError.invalidArgument("no query vector", parameter: "queries") }
+        for q in queries {
+            guard q.count == identity.dim else {
+                throw ZeroSegError.invalidArgument("a query vector has \(q.count) values, the index's vectors \(identity.dim)", parameter: "queries")
+            }
+            guard q.allSatisfy({ $0.isFinite }) else { throw ZeroSegError.invalidArgument("a query vector holds a value that is not finite", parameter: "queries") }
+        }
+        let snap = try snapshot(options.kind)
+        let total = snap.count
+        let flat = queries.flatMap { $0 }
+        var want = options.onePerImage ? options.k * 4 : options.k
+        var best: [Candidate]
+        while true {
+            let lists = try candidates(snap, flat, k: min(want, max(1, total)), engine: options.engine, threads: threads)
+            // Best score per vector over the queries: exact, since a vector in the top k of the
+            // maximum is in the top k of the query that attains it.
+            var byID: [Int64: Candidate] = [:]
+            for l in lists { for c in l where byID[c.id].map({ c.before($0) }) ?? true { byID[c.id] = c } }
+            best = byID.values.sorted { $0.before($1) }
+            if options.onePerImage {
+                var seen = Set<Int64>(), kept: [Candidate] = []
+                for c in best where c.image < 0 || seen.insert(c.image).inserted { kept.append(c) }
+                best = kept
+            }
+            if best.count >= options.k || want >= total { break }
+            want = min(total, want * 4)
+        }
+        return try hits(Array(best.prefix(options.k)))
+    }
+
+    /// Per query, its best `k` candidates from the engine `engine` picks.
+    func candidates(_ snap: KindSnapshot, _ flat: [Float], k: Int, engine: SearchEngine, threads: Int) throws -> [[Candidate]] {
+        switch engine {
+        case .exact, .auto:
+            return exactTopK(snap.shards, dim: identity.dim, queries: flat, k: k, threads: threads)
+        case .approximate:
+            throw ZeroSegError.unsupported("this index has no approximate index")
+        }
+    }
+
+    /// The hits with their images and regions, in the given order (vectors removed since the
+    /// snapshot are left out).
+    func hits(_ cands: [Candidate]) throws -> [SearchHit] {
+        guard !cands.isEmpty else { return [] }
+        let rows: [Int64: Row] = try db.reading { d in
+            var out: [Int64: Row] = [:]
+            let ids = cands.map(\.id)
+            for chunk in stride(from: 0, to: ids.count, by: 500) {
+                let part = Array(ids[chunk..<min(ids.count, chunk + 500)])
+                let marks = part.map { _ in "?" }.joined(separator: ",")
+                let sql = """
+                    SELECT v.id, v.kind, v.x0, v.y0, v.x1, v.y1, v.source, v.mask,
+                           i.id AS image_id, i.path, i.sha256, i.bytes, i.width, i.height
+                    FROM vectors v LEFT JOIN images i ON i.id = v.image_id WHERE v.id IN (\(marks))
+                    """
+                for r in try Row.fetchAll(d, sql: sql, arguments: StatementArguments(part)) { out[r["id"]] = r }
+            }
+            return out
+        }
+        return try cands.compactMap { c in
+            guard let r = rows[c.id] else { return nil }
+            var image: IndexedImage?
+            if let iid: Int64 = r["image_id"] {
+                image = IndexedImage(id: iid, path: r["path"], sha256: r["sha256"], bytes: r["bytes"], width: r["width"], height: r["height"])
+            }
+            var region: IndexRegion?
+            if (r["kind"] as Int) == VectorKind.region.rawValue, let x0: Int = r["x0"] {
+                let mask: RLEMask? = try (r["mask"] as String?).map { try JSONDecoder().decode(RLEMask.self, from: Data($0.utf8)) }
+                region = IndexRegion(box: PixelBox(x0: x0, y0: r["y0"], x1: r["x1"], y1: r["y1"]), source: r["source"] ?? "", mask: mask)
+            }
+            return SearchHit(id: c.id, score: c.score, image: image, region: region)
+        }
+    }
+}
+
+// MARK: - Queries
+
+/// A search by text and/or example image, as segmentation reads class names: `text` may hold
+/// synonyms ("car|automobile": a vector scores its best synonym), each encoded through the
+/// template ensemble; `negatives` subtract: score = cos(v, query) − mean over the negatives of
+/// cos(v, negative). With both text and an image, each synonym's vector and the image's embedding
+/// are averaged.
+public struct SearchQuery: Sendable, Equatable {
+    public var text: String?
+    public var image: RGBImage?
+    public var negatives: [String]
+    public var templates: [String]
+
+    public init(text: String? = nil, image: RGBImage? = nil, negatives: [String] = [], templates: [String] = Templates.imagenet80) {
+        self.text = text
+        self.image = image
+        self.negatives = negatives
+        self.templates = templates
+    }
+}
+
+extension EmbeddingIndex {
+    /// The identity of `model` as an index records it.
+    public static func identity(of model: CLIPModel) -> IndexIdentity {
+        IndexIdentity(fingerprint: model.fingerprint, source: model.source, dim: model.config.projectionDim)
+    }
+
+    /// Checks that `model` made this index (a one-line error naming both otherwise).
+    public func check(model: CLIPModel) throws {
+        let m = Self.identity(of: model)
+        guard m.fingerprint == identity.fingerprint && m.dim == identity.dim else {
+            throw ZeroSegError.invalidArgument(
+                "index \(directory.path) was made with model \(identity.source) (fingerprint \(identity.fingerprint.prefix(12))), not \(m.source) (fingerprint \(m.fingerprint.prefix(12))): search it with its own model, or index again into a new index",
+                parameter: "model")
+        }
+    }
+
+    /// The query vectors of `query` (see `SearchQuery`): one per synonym (or one for an image).
+    public func queryVectors(_ query: SearchQuery, model: CLIPModel, cache: TextEmbeddingCache? = nil,
+                             threads: Int = defaultThreads) throws -> [[Float]] {
+        try check(model: model)
+        let text = query.text?.trimmingCharacters(in: .whitespaces)
+        guard (text?.isEmpty == false) || query.image != nil else {
+            throw ZeroSegError.invalidArgument("a search needs a text or an image", parameter: "query")
+        }
+        let segmenter = try Segmenter(model: model, threads: threads)
+        func embed(_ names: [String]) throws -> [[Float]] {
+            try segmenter.queryEmbeddings(try ClassSet(classes: [names]), templates: query.templates, cache: cache)
+        }
+        var positives: [[Float]] = []
+        if let text, !text.isEmpty {
+            let names = text.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !names.contains(where: \.isEmpty) else { throw ZeroSegError.invalidArgument("an empty synonym in \"\(text)\"", parameter: "query") }
+            positives = try embed(names)
+        }
+        if let image = query.image {
+            let e = try model.encodeImages([image], threads: threads)[0]
+            if positives.isEmpty {
+                positives = [e]
+            } else {
+                positives = positives.map { p in
+                    var v = zip(p, e).map { $0 + $1 }
+                    l2Normalize(&v)
+                    return v
+                }
+            }
+        }
+        let negatives = query.negatives.map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !negatives.contains(where: \.isEmpty) else { throw ZeroSegError.invalidArgument("an empty negative term", parameter: "negatives") }
+        if !negatives.isEmpty {
+            let n = try negatives.map { try embed([$0])[0] }
+            var mean = [Float](repeating: 0, count: identity.dim)
+            for v in n { for i in mean.indices { mean[i] += v[i] / Float(n.count) } }
+            positives = positives.map { p in zip(p, mean).map { $0 - $1 } }
+        }
+        return positives
+    }
+
+    /// Searches by text and/or image (`queryVectors`).
+    public func search(_ query: SearchQuery, model: CLIPModel, options: SearchOptions = SearchOptions(),
+                       cache: TextEmbeddingCache? = nil, threads: Int = defaultThreads) throws -> [SearchHit] {
+        try search(vectors: try queryVectors(query, model: model, cache: cache, threads: threads), options: options, threads: threads)
+    }
+
+    /// Searches with a stored vector as the query (more like this region / image); the vector
+    /// itself is left out of the hits.
+    public func search(similarTo id: Int64, options: SearchOptions = SearchOptions(), threads: Int = defaultThreads) throws -> [SearchHit] {
+        let (v, _) = try vector(id: id)
+        var o = options
+        o.k = min(SearchOptions.maxK, options.k + 1)
+        return Array(try search(vectors: [v], options: o, threads: threads).filter { $0.id != id }.prefix(options.k))
+    }
+}
