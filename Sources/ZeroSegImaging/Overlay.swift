@@ -176,6 +176,16 @@ final class FontFace {
     }
 }
 
+/// The "-Bold" sibling of a .ttf font file (DejaVuSans-Bold.ttf for DejaVuSans.ttf, also in
+/// fonts-dejavu-core) when it is readable, else `path` itself.
+func boldFontPath(for path: String) -> String {
+    if path.hasSuffix(".ttf") {
+        let candidate = String(path.dropLast(4)) + "-Bold.ttf"
+        if FileManager.default.isReadableFile(atPath: candidate) { return candidate }
+    }
+    return path
+}
+
 /// Text as the legend draws it: NFC (so "e" + combining acute uses the precomposed glyph),
 /// control characters (tabs, newlines) as spaces.
 func legendScalars(_ s: String) -> [Unicode.Scalar] {
@@ -268,14 +278,9 @@ struct LegendFonts {
     var title: FontFace
     var footer: FontFace
 
-    /// `path` for text; its "-Bold" sibling (DejaVuSans-Bold.ttf, also in fonts-dejavu-core)
-    /// for title and footer when present, else `path` again.
+    /// `path` for text; its bold sibling (`boldFontPath(for:)`) for title and footer.
     init(path: String, size: Int) throws {
-        var bold = path
-        if path.hasSuffix(".ttf") {
-            let candidate = String(path.dropLast(4)) + "-Bold.ttf"
-            if FileManager.default.isReadableFile(atPath: candidate) { bold = candidate }
-        }
+        let bold = boldFontPath(for: path)
         body = try FontFace(path: path, pixelSize: size)
         title = try FontFace(path: bold, pixelSize: Int((Double(size) * 1.15).rounded()))
         footer = try FontFace(path: bold, pixelSize: size)
