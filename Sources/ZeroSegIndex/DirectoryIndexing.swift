@@ -91,45 +91,36 @@ public final class DirectoryIndexer: @unchecked Sendable {
         try index.remove(imagePaths: gone)
         report.removed = gone.count
 
-        // Hash everything first: what is unchanged is known before any model work.
-        var todo: [(path: String, data: Data, sha: String, isNew: Bool)] = []
-        for f in files {
-            let data: Data
-            do {
-                data = try readLimited(f, maxBytes: options.maxFileBytes)
-            } catch let e as ZeroSegError {
-                report.failed.append(.init(path: f, error: e.message))
-                continue
-            }
-            let sha = SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
-            if let k = known[f], k.sha256 == sha { report.unchanged += 1; continue }
-            todo.append((f, data, sha, known[f] == nil))
-        }
-        var done = 0
-        progress?(0, todo.count)
-        var start = 0
-        while start < todo.count {
-            let part = todo[start..<min(todo.count, start + options.batch)]
-            start += options.batch
-            var decoded: [(item: (path: String, data: Data, sha: String, isNew: Bool), image: RGBImage)] = []
-            for it in part {
+        // Batches are fixed runs of `batch` files of the sorted list (only their files that need
+        // work are encoded), so a run that resumes after a kill encodes each image in the same
+        // company as an uninterrupted run: batched encoding agrees with one image at a time only
+        // to rounding, and this keeps the index bit for bit what one run makes.
+        // Files are read one batch at a time (memory stays bounded by the batch).
+        progress?(0, files.count)
+        for start in stride(from: 0, to: files.count, by: options.batch) {
+            let chunk = files[start..<min(files.count, start + options.batch)]
+            var decoded: [(path: String, bytes: Int, sha: String, isNew: Bool, image: RGBImage)] = []
+            for f in chunk {
                 do {
-                    decoded.append((it, try RGBImage.decode(data: it.data, maxPixels: options.maxPixels)))
+                    let data = try readLimited(f, maxBytes: options.maxFileBytes)
+                    let sha = SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+                    if let k = known[f], k.sha256 == sha { report.unchanged += 1; continue }
+                    decoded.append((f, data.count, sha, known[f] == nil, try RGBImage.decode(data: data, maxPixels: options.maxPixels)))
                 } catch let e as ZeroSegError {
-                    report.failed.append(.init(path: it.path, error: e.message))
+                    report.failed.append(.init(path: f, error: e.message))
                 }
             }
             if !decoded.isEmpty {
                 let vectors = try embedder.embed(decoded.map(\.image))
                 try index.add(zip(decoded, vectors).map { d, v in
-                    ImageEmbeddings(path: d.item.path, sha256: d.item.sha, bytes: d.item.data.count, width: d.image.width,
-                                    height: d.image.height, global: v.global, regions: v.regions)
+                    ImageEmbeddings(path: d.path, sha256: d.sha, bytes: d.bytes, width: d.image.width, height: d.image.height,
+                                    global: v.global, regions: v.regions)
                 })
-                for d in decoded { if d.item.isNew { report.added += 1 } else { report.updated += 1 } }
+                for d in decoded { if d.isNew { report.added += 1 } else { report.updated += 1 } }
             }
-            done += part.count
-            progress?(done, todo.count)
+            progress?(start + chunk.count, files.count)
         }
+        report.failed.sort { $0.path < $1.path }
         report.images = try index.imageCount()
         report.imageVectors = try index.count(.image)
         report.regionVectors = try index.count(.region)

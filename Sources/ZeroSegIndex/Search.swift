@@ -180,3 +180,17 @@ extension EmbeddingIndex {
         return Array(try search(vectors: [v], options: o, threads: threads).filter { $0.id != id }.prefix(options.k))
     }
 }
+
+extension EmbeddingIndex {
+    /// An image's vectors (its own first, then its regions in the order they were added), as stored.
+    public func vectors(ofImage imageID: Int64) throws -> [(id: Int64, kind: VectorKind, region: IndexRegion?, vector: [Float])] {
+        let ids = try db.reading { d in
+            try Int64.fetchAll(d, sql: "SELECT id FROM vectors WHERE image_id = ? ORDER BY kind, id", arguments: [imageID])
+        }
+        let meta = try hits(ids.map { Candidate(id: $0, image: imageID, score: 0) })
+        return try meta.map { h in
+            let (v, kind) = try vector(id: h.id)
+            return (h.id, kind, h.region, v)
+        }
+    }
+}

@@ -70,6 +70,7 @@ let flagOfParameter: [String: String] = [
     "savePredictions": "--save-predictions", "epochs": "--epochs", "lr": "--lr", "batch": "--batch",
     "weightDecay": "--weight-decay", "contextLength": "--ctx", "contextPhrase": "--ctx-init",
     "stopAfterEpochs": "--stop-after-epochs", "revision": "--revision", "mode": "--mode", "proposals": "--save-proposals",
+    "k": "--top", "negatives": "--not",
 ]
 
 /// A library error as the command line says it: a bad parameter is named by its flag.
