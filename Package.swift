@@ -37,6 +37,15 @@ let package = Package(
             name: "CKernels",
             linkerSettings: [.linkedLibrary("mvec"), .linkedLibrary("m")]
         ),
+        // FAISS (Debian libfaiss-dev: a static C++ libfaiss.a, no C API symbols) behind a small C
+        // API. libfaiss.a needs OpenMP (libgomp), BLAS and LAPACK (sgemm_, sgesvd_, ...: all in
+        // libopenblas, the same OpenBLAS ZeroSegCore uses) and zlib for the file checksum; SwiftPM
+        // links libstdc++ for the C++ source.
+        .target(
+            name: "CFaiss",
+            linkerSettings: [.linkedLibrary("faiss"), .linkedLibrary("openblas"), .linkedLibrary("gomp"),
+                             .linkedLibrary("z")]
+        ),
         // The library, bottom to top (ARCHITECTURE.md): each target sees only the ones below it.
         .target(name: "ZeroSegCore", dependencies: ["CKernels", "CBLAS"]),
         .target(name: "ZeroSegFormats", dependencies: ["ZeroSegCore", "CZlib"]),
@@ -55,10 +64,12 @@ let package = Package(
                                "CImageShim", "CPNG", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "ZeroSegTuning",
                 dependencies: ["ZeroSegCore", "ZeroSegFormats", "ZeroSegImaging", "ZeroSegCLIP", "ZeroSegSegmentation", "CKernels", "CBLAS"]),
+        // Approximate nearest-neighbour search over float vectors (FAISS IVF), for embedding indexes.
+        .target(name: "ZeroSegANN", dependencies: ["ZeroSegCore", "CFaiss"]),
         // The embedding index: float16 vector shards (memory-mapped) + SQLite metadata (GRDB, WAL),
         // exact top-k with BLAS, region embeddings, search by text / image / region.
         .target(name: "ZeroSegIndex",
-                dependencies: ["ZeroSegCore", "ZeroSegImaging", "ZeroSegCLIP", "ZeroSegSegmentation", "CKernels", "CBLAS", "CZlib",
+                dependencies: ["ZeroSegCore", "ZeroSegImaging", "ZeroSegCLIP", "ZeroSegSegmentation", "ZeroSegANN", "CKernels", "CBLAS", "CZlib",
                                .product(name: "GRDB", package: "GRDB.swift"),
                                .product(name: "Crypto", package: "swift-crypto")]),
         // The product: re-exports the layers above.
@@ -75,7 +86,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ZeroSegTests",
-            dependencies: ["ZeroSeg", "ZeroSegTestSupport"],
+            dependencies: ["ZeroSeg", "ZeroSegTestSupport", "ZeroSegANN"],
             resources: [.copy("Fixtures")]
         ),
     ]
