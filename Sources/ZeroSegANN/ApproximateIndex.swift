@@ -29,12 +29,24 @@ public struct ApproximateSettings: Sendable, Equatable, Codable {
     /// Defaults for a collection of `n` vectors: lists ≈ 2·√n, probes 16, a training sample of
     /// 32 vectors a list.
     ///
-    /// Provisional: not yet confirmed at 1,000,000 × 512. Measured so far (2 threads, clustered
-    /// unit vectors, cosine ≈ 0.7 to one of 4,096 centres, 100 fresh queries, recall@20 against
-    /// brute force), 100,000 × 512 with 632 lists and a 20,224-vector sample: build 11.4 s,
-    /// 1,558 bytes/vector; probes 4 / 8 / 16: recall 0.684 / 0.743 / 0.786, single query
-    /// 3.3 / 5.1 / 9.1 ms, batch of 100 1.4 / 2.7 / 4.9 ms a query. FAISS here is Debian's
-    /// generic build (no AVX, software fp16), so the scan costs ≈ 1 µs a vector at d = 512.
+    /// Measured (2 threads; clustered unit vectors, each normalise(centre + 0.045·gaussian) around
+    /// one of 4,096 random unit centres, cosine ≈ 0.70 to it; 100 fresh queries drawn the same
+    /// way; recall@20 against brute force; a throwaway executable over this target, not in the
+    /// repository: `measure 1000000 2000 32 4,8,16,32`). At 1,000,000 × 512, lists 2,000
+    /// (= forCount), training sample 64,000: build 53.8 s, 1,382 bytes a vector (1,382 MB):
+    ///
+    ///     probes   recall@20   single query   batch of 100
+    ///          4     0.9785        2.66 ms     1.61 ms/query
+    ///          8     0.9855        4.08 ms     3.08 ms/query
+    ///         16     0.9880        6.69 ms     5.98 ms/query   <- default
+    ///         32     0.9890       12.22 ms    11.26 ms/query
+    ///
+    /// The goal (recall@20 ≥ 0.95 under 10 ms a query) holds from probes 4 to 16. At 100,000 × 512
+    /// on the same 4,096 centres (only ~24 vectors a centre) with 632 lists, recall was lower:
+    /// 0.684 / 0.743 / 0.786 at probes 4 / 8 / 16 (3.3 / 5.1 / 9.1 ms); raise `probes` or `lists`
+    /// for such data. Debian's FAISS is a generic build (no AVX, software fp16 decoding): a scan
+    /// costs ≈ 0.8 µs a vector at d = 512, and a single query runs on one thread (FAISS splits
+    /// work by query).
     public static func forCount(_ n: Int) -> ApproximateSettings {
         let n = max(1, n)
         let lists = max(1, min(n, Int((2 * Double(n).squareRoot()).rounded())))
