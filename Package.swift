@@ -75,7 +75,7 @@ let package = Package(
         // The product: re-exports the layers above.
         .target(name: "ZeroSeg",
                 dependencies: ["ZeroSegCore", "ZeroSegFormats", "ZeroSegImaging", "ZeroSegText", "ZeroSegCLIP",
-                               "ZeroSegHub", "ZeroSegSegmentation", "ZeroSegTuning", "ZeroSegIndex"]),
+                               "ZeroSegHub", "ZeroSegSegmentation", "ZeroSegTuning", "ZeroSegANN", "ZeroSegIndex"]),
         // Test-only code, in no product: naive reference kernels and the PNG reader the writer
         // tests use. Only the test target depends on it.
         .target(name: "ZeroSegTestSupport",

@@ -9,3 +9,4 @@
 @_exported import ZeroSegSegmentation
 @_exported import ZeroSegTuning
 @_exported import ZeroSegIndex
+@_exported import ZeroSegANN

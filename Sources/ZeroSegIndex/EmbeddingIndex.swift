@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import ZeroSegCore
+import ZeroSegANN
 import ZeroSegSegmentation
 
 // An index of embeddings in one directory:
@@ -127,8 +128,12 @@ public final class EmbeddingIndex: @unchecked Sendable {
     private let writeLock = NSLock()
     /// Per kind: the snapshot searches use (loaded on first use, replaced by `refresh`).
     private let snapshots = Locked<[VectorKind: KindSnapshot]>([:])
+    /// Per kind: the approximate index loaded, with the generation it was built at.
+    let approximate = Locked<[VectorKind: (Int, ApproximateIndex)]>([:])
 
-    /// Vectors above which `SearchEngine.auto` uses the approximate index (when it is up to date).
+    /// Vectors from which `SearchEngine.auto` uses the approximate index (when it is up to date),
+    /// and `zeroseg index` builds one (docs/index.md: where exact search gets slower than the
+    /// approximate index and its recall is good).
     public static let approximateThreshold = 200_000
 
     static let databaseName = "index.sqlite"
@@ -211,6 +216,8 @@ public final class EmbeddingIndex: @unchecked Sendable {
         FileManager.default.fileExists(atPath: directory.appendingPathComponent(databaseName).path)
     }
 
+    func requireWriterAccess() throws { try requireWriter() }
+
     private func requireWriter() throws {
         guard writer != nil else { throw ZeroSegError.invalidArgument("the index was opened for reading only", parameter: "writable") }
     }
@@ -255,9 +262,11 @@ public final class EmbeddingIndex: @unchecked Sendable {
     public func generation() throws -> Int { try db.generation() }
 
     struct KindSnapshot: Sendable {
+        var kind: VectorKind
         var generation: Int
         var shards: [ShardView]
-        var count: Int { shards.reduce(0) { a, s in a + s.slots.ids.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) } } }
+        /// Live vectors.
+        var count: Int
     }
 
     func snapshot(_ kind: VectorKind) throws -> KindSnapshot {
@@ -271,7 +280,8 @@ public final class EmbeddingIndex: @unchecked Sendable {
                     ShardView(slots: s, map: try ShardMap(url: shardURL(directory, kind: kind, number: s.number), dim: identity.dim,
                                                           kind: kind, number: s.number, indexID: indexID, rows: s.rows))
                 }
-                let snap = KindSnapshot(generation: gen, shards: views)
+                let live = slots.reduce(0) { a, s in a + s.ids.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) } }
+                let snap = KindSnapshot(kind: kind, generation: gen, shards: views, count: live)
                 snapshots.withLock { $0[kind] = snap }
                 return snap
             } catch {

@@ -31,6 +31,7 @@ extension EmbeddingIndex {
             var byID: [Int64: Candidate] = [:]
             for l in lists { for c in l where byID[c.id].map({ c.before($0) }) ?? true { byID[c.id] = c } }
             best = byID.values.sorted { $0.before($1) }
+            try resolveImages(&best)
             if options.onePerImage {
                 var seen = Set<Int64>(), kept: [Candidate] = []
                 for c in best where c.image < 0 || seen.insert(c.image).inserted { kept.append(c) }
@@ -42,14 +43,55 @@ extension EmbeddingIndex {
         return try hits(Array(best.prefix(options.k)))
     }
 
-    /// Per query, its best `k` candidates from the engine `engine` picks.
-    func candidates(_ snap: KindSnapshot, _ flat: [Float], k: Int, engine: SearchEngine, threads: Int) throws -> [[Candidate]] {
+    /// The engine `engine` stands for on `snap` (the approximate index when it is current and
+    /// the snapshot holds at least `approximateThreshold` vectors, for `.auto`).
+    public func resolvedEngine(_ engine: SearchEngine, kind: VectorKind) throws -> SearchEngine {
+        let snap = try snapshot(kind)
         switch engine {
+        case .exact: return .exact
+        case .approximate: return .approximate
+        case .auto:
+            guard snap.count >= Self.approximateThreshold else { return .exact }
+            return try currentApproximate(kind, generation: snap.generation) != nil ? .approximate : .exact
+        }
+    }
+
+    /// Per query, its best `k` candidates from the engine `engine` picks. Candidates of the
+    /// approximate index carry no image yet (image −2: `resolveImages`).
+    func candidates(_ snap: KindSnapshot, _ flat: [Float], k: Int, engine: SearchEngine, threads: Int) throws -> [[Candidate]] {
+        let kind: VectorKind = snap.kind
+        let use = try resolvedEngine(engine, kind: kind)
+        switch use {
         case .exact, .auto:
             return exactTopK(snap.shards, dim: identity.dim, queries: flat, k: k, threads: threads)
         case .approximate:
-            throw ZeroSegError.unsupported("this index has no approximate index")
+            guard let ann = try currentApproximate(kind, generation: snap.generation) else {
+                throw ZeroSegError.invalidArgument(
+                    "index \(directory.path) has no up-to-date approximate index of its \(kind.fileStem) vectors (index again to build it, or search exactly)",
+                    parameter: "engine")
+            }
+            let q = flat.count / identity.dim
+            return try flat.withUnsafeBufferPointer {
+                try ann.search($0.baseAddress!, count: q, k: k, threads: threads).map { row in row.map { Candidate(id: $0.id, image: -2, score: $0.score) } }
+            }
         }
+    }
+
+    /// Fills in the image of candidates that lack it (from the database).
+    func resolveImages(_ cands: inout [Candidate]) throws {
+        let missing = cands.filter { $0.image == -2 }.map(\.id)
+        guard !missing.isEmpty else { return }
+        var image: [Int64: Int64] = [:]
+        try db.reading { d in
+            for chunk in stride(from: 0, to: missing.count, by: 500) {
+                let part = Array(missing[chunk..<min(missing.count, chunk + 500)])
+                let marks = part.map { _ in "?" }.joined(separator: ",")
+                for r in try Row.fetchAll(d, sql: "SELECT id, image_id FROM vectors WHERE id IN (\(marks))", arguments: StatementArguments(part)) {
+                    image[r["id"]] = (r["image_id"] as Int64?) ?? -1
+                }
+            }
+        }
+        for i in cands.indices where cands[i].image == -2 { cands[i].image = image[cands[i].id] ?? -1 }
     }
 
     /// The hits with their images and regions, in the given order (vectors removed since the

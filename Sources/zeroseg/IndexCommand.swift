@@ -70,6 +70,11 @@ struct IndexCommand: ParsableCommand {
             if !quiet && total > 0 && (done == total || done % (batch * 4) == 0) { printErr("indexed \(done)/\(total)") }
         }
         if compact { try index.compact() }
+        // The approximate index of each kind large enough for it, when the run changed something.
+        for kind in VectorKind.allCases where try index.count(kind) >= EmbeddingIndex.approximateThreshold && !(try index.hasCurrentApproximate(kind)) {
+            if !quiet { printErr("building the approximate index of \(try index.count(kind)) \(kind == .image ? "image" : "region") vectors") }
+            try index.buildApproximate(kind, threads: options.threads)
+        }
         for f in report.failed { printErr("warning: \(f.error)") }
         if json {
             let record = IndexRecord(

@@ -77,7 +77,8 @@ struct SearchCommand: ParsableCommand {
         if json {
             let record = SearchRecord(
                 header: RecordHeader(command: "search", model: model, timings: ["search": seconds], record: true),
-                settings: .init(top: top, regions: regions, onePerImage: !allRegions, engine: searchOptions.engine, templates: templates,
+                settings: .init(top: top, regions: regions, onePerImage: !allRegions,
+                                engine: try idx.resolvedEngine(searchOptions.engine, kind: searchOptions.kind), templates: templates,
                                 threads: options.threads),
                 index: index, query: .init(text: text, image: image, not: negatives), hits: hits)
             print(try JSONOutput.line(record))

@@ -245,3 +245,36 @@ func bruteTopK(_ rows: [[Float]], ids: [Int64], query: [Float], k: Int) -> [(id:
         #expect(final.map(\.id) == want.map(\.id))
     }
 }
+
+@Suite struct IndexApproximateTests {
+    /// The approximate index of an index: close to exact, current until the next change, then
+    /// `auto` falls back to exact and `approximate` refuses.
+    @Test func approximateIndexFollowsGenerations() throws {
+        let dir = temporaryDirectory("index-ann")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let dim = 32
+        let index = try EmbeddingIndex.create(at: dir, identity: testIdentity(dim: dim), regions: .none)
+        // Clustered vectors: 40 centres, 50 each.
+        let centres = randomFloats(40 * dim, seed: 31), noise = randomFloats(2000 * dim, seed: 32)
+        let rows = (0..<2000).map { i in (0..<dim).map { centres[(i % 40) * dim + $0] + 0.15 * noise[i * dim + $0] } }
+        try index.add(vectors: rows.flatMap { $0 }, count: 2000, kind: .region)
+        #expect(throws: ZeroSegError.self) { try index.search(vectors: [rows[0]], options: SearchOptions(k: 5, kind: .region, engine: .approximate)) }
+        try index.buildApproximate(.region, settings: ApproximateSettings(lists: 40, probes: 8, trainingSample: 2000), threads: 2)
+        #expect(try index.hasCurrentApproximate(.region))
+        var recall = 0
+        for q in rows.prefix(20) {
+            let exact = try index.search(vectors: [q], options: SearchOptions(k: 10, kind: .region, onePerImage: false, engine: .exact))
+            let approx = try index.search(vectors: [q], options: SearchOptions(k: 10, kind: .region, onePerImage: false, engine: .approximate))
+            recall += Set(exact.map(\.id)).intersection(approx.map(\.id)).count
+            for h in approx { #expect(abs(h.score - (exact.first { $0.id == h.id }?.score ?? h.score)) < 1e-3) }
+        }
+        #expect(recall >= 180, "recall@10 \(Double(recall) / 200)")
+        // Reopened: the file is found and current.
+        #expect(try EmbeddingIndex.open(at: dir).hasCurrentApproximate(.region))
+        // A change makes it stale.
+        try index.add(vectors: rows[0], count: 1, kind: .region)
+        #expect(try !index.hasCurrentApproximate(.region))
+        #expect(throws: ZeroSegError.self) { try index.search(vectors: [rows[0]], options: SearchOptions(k: 5, kind: .region, engine: .approximate)) }
+        #expect(try index.resolvedEngine(.auto, kind: .region) == .exact)
+    }
+}
