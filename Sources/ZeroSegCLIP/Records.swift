@@ -120,6 +120,14 @@ public struct BenchReport: Codable, Sendable, Equatable {
         public var floorSeconds: Double?
         public var ratioToFloor: Double?
         public var gflop: Double?
+        /// Throughput cases (index): images per second.
+        public var imagesPerSecond: Double?
+        /// Search cases: vectors searched, milliseconds per query (median), recall against exact
+        /// search, bytes per vector.
+        public var vectors: Int?
+        public var msPerQuery: Double?
+        public var recall: Double?
+        public var bytesPerVector: Double?
         public init(name: String, seconds: Double, flops: Double? = nil, sgemmRate: Double? = nil) {
             self.name = name
             self.seconds = seconds
@@ -130,6 +138,7 @@ public struct BenchReport: Codable, Sendable, Equatable {
         }
         enum CodingKeys: String, CodingKey {
             case name = "case", seconds, floorSeconds = "floor_seconds", ratioToFloor = "ratio_to_floor", gflop
+            case imagesPerSecond = "images_per_second", vectors, msPerQuery = "ms_per_query", recall, bytesPerVector = "bytes_per_vector"
         }
     }
 

@@ -99,15 +99,24 @@ public final class DirectoryIndexer: @unchecked Sendable {
         progress?(0, files.count)
         for start in stride(from: 0, to: files.count, by: options.batch) {
             let chunk = files[start..<min(files.count, start + options.batch)]
-            var decoded: [(path: String, bytes: Int, sha: String, isNew: Bool, image: RGBImage)] = []
-            for f in chunk {
+            // Read, hash and decode on the thread budget, one file per task; then in file order.
+            let loaded = try embedder.perPicture(chunk.count) { i -> Loaded in
+                let f = chunk[chunk.startIndex + i]
                 do {
                     let data = try readLimited(f, maxBytes: options.maxFileBytes)
                     let sha = SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
-                    if let k = known[f], k.sha256 == sha { report.unchanged += 1; continue }
-                    decoded.append((f, data.count, sha, known[f] == nil, try RGBImage.decode(data: data, maxPixels: options.maxPixels)))
+                    if let k = known[f], k.sha256 == sha { return .unchanged }
+                    return .decoded(bytes: data.count, sha: sha, image: try RGBImage.decode(data: data, maxPixels: options.maxPixels))
                 } catch let e as ZeroSegError {
-                    report.failed.append(.init(path: f, error: e.message))
+                    return .failed(e.message)
+                }
+            }
+            var decoded: [(path: String, bytes: Int, sha: String, isNew: Bool, image: RGBImage)] = []
+            for (f, l) in zip(chunk, loaded) {
+                switch l {
+                case .unchanged: report.unchanged += 1
+                case .failed(let m): report.failed.append(.init(path: f, error: m))
+                case .decoded(let bytes, let sha, let image): decoded.append((f, bytes, sha, known[f] == nil, image))
                 }
             }
             if !decoded.isEmpty {
@@ -127,6 +136,13 @@ public final class DirectoryIndexer: @unchecked Sendable {
         report.seconds = clock.lap()
         return report
     }
+}
+
+/// One file of a batch after reading: unchanged, unreadable, or decoded.
+enum Loaded {
+    case unchanged
+    case failed(String)
+    case decoded(bytes: Int, sha: String, image: RGBImage)
 }
 
 /// The bytes of a file, refusing more than `maxBytes`.

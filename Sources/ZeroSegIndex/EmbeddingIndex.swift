@@ -134,7 +134,7 @@ public final class EmbeddingIndex: @unchecked Sendable {
     /// Vectors from which `SearchEngine.auto` uses the approximate index (when it is up to date),
     /// and `zeroseg index` builds one (docs/index.md: where exact search gets slower than the
     /// approximate index and its recall is good).
-    public static let approximateThreshold = 200_000
+    public static let approximateThreshold = 500_000
 
     static let databaseName = "index.sqlite"
 
@@ -237,16 +237,21 @@ public final class EmbeddingIndex: @unchecked Sendable {
 
     /// The stored vector `id` (float16 widened to float32) and its kind.
     public func vector(id: Int64) throws -> (vector: [Float], kind: VectorKind) {
+        try vector(id: id, retry: true)
+    }
+
+    private func vector(id: Int64, retry: Bool) throws -> (vector: [Float], kind: VectorKind) {
         guard let row = try db.reading({ try Row.fetchOne($0, sql: "SELECT kind, shard, slot FROM vectors WHERE id = ?", arguments: [id]) }),
               let kind = VectorKind(rawValue: row["kind"]) else {
             throw ZeroSegError.invalidArgument("no vector \(id) in the index", parameter: "id")
         }
         let snap = try snapshot(kind)
         let shard: Int = row["shard"], slot: Int = row["slot"]
-        guard let view = snap.shards.first(where: { $0.slots.number == shard }), slot < view.map.rows else {
-            // Added after this reader's snapshot.
+        guard let view = snap.shards.first(where: { $0.slots.number == shard }), slot < view.map.rows, view.slots.ids[slot] == id else {
+            // Added or moved after this reader's snapshot: once more with a fresh one.
+            guard retry else { throw ZeroSegError.badInput("vector \(id) is named by the database but not in its shard: the index is damaged; rebuild it") }
             try refresh()
-            return try vector(id: id)
+            return try vector(id: id, retry: false)
         }
         var out = [Float](repeating: 0, count: identity.dim)
         view.map.rows(slot, 1, into: &out)

@@ -1,8 +1,10 @@
+import CBLAS
 import Foundation
 import ZeroSegCore
 
 // Exact top-k over float16 shards: blocks of rows are widened to float32 (F16C where the CPU has
-// it) and scored against every query with one sgemm (OpenBLAS), keeping the best k per query.
+// it) and scored against every query with one sgemm (sgemv for one query; OpenBLAS), keeping the
+// best k per query.
 //
 // Determinism: blocks are cut at fixed rows of each shard (`exactBlockRows`), whatever the thread
 // count, and each block is scored by one single-threaded sgemm, so every score has the same bits
@@ -100,8 +102,12 @@ func exactTopK(_ shards: [ShardView], dim: Int, queries: [Float], k: Int, thread
                 for b in blocksRef[lo..<hi] {
                     let view = shards[b.shard]
                     view.map.rows(b.start, b.count, into: rows.ptr)  // rows: [count, dim]
-                    // scores: [Q, count] = queries [Q, dim] · rowsᵀ
-                    gemmNT(qp, lda: dim, rows.ptr, ldb: dim, scores.ptr, ldc: b.count, m: q, n: b.count, k: dim)
+                    // scores: [Q, count] = queries [Q, dim] · rowsᵀ (one query: sgemv, no packing)
+                    if q == 1 {
+                        cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(b.count), Int32(dim), 1, rows.ptr, Int32(dim), qp, 1, 0, scores.ptr, 1)
+                    } else {
+                        gemmNT(qp, lda: dim, rows.ptr, ldb: dim, scores.ptr, ldc: b.count, m: q, n: b.count, k: dim)
+                    }
                     view.slots.ids.withUnsafeBufferPointer { ids in
                         view.slots.images.withUnsafeBufferPointer { images in
                             for qi in 0..<q {

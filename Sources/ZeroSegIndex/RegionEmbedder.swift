@@ -75,7 +75,9 @@ public final class RegionEmbedder: @unchecked Sendable {
 
     private func embedBatch(_ images: [RGBImage]) throws -> [ImageVectors] {
         let s = preprocessor.cropSize, p = model.config.projectionDim
-        let prepared = try images.map { try preprocessor.preprocessWithCrop($0) }
+        // Per-picture work (resize and crop here, proposals below) runs on the thread budget, one
+        // picture per task: each result depends on its picture alone.
+        let prepared = try perPicture(images.count) { try preprocessor.preprocessWithCrop(images[$0]) }
         let px = prepared.flatMap(\.pixels)  // [B, 3, s, s]
         let (global, patches, gh, gw) = try px.withUnsafeBufferPointer {
             try model.imageAndPatchEmbeddings(pixels: $0.baseAddress!, batch: images.count, height: s, width: s,
@@ -83,8 +85,10 @@ public final class RegionEmbedder: @unchecked Sendable {
         }
         defer { withExtendedLifetime(patches) {} }
         let cells = gh * gw
-        return try images.indices.map { b in
-            let data = Array(UnsafeBufferPointer(start: patches.ptr + b * cells * p, count: cells * p))
+        nonisolated(unsafe) let patchesP = patches.ptr
+        return try perPicture(images.count) { b in
+            let patches = patchesP
+            let data = Array(UnsafeBufferPointer(start: patches + b * cells * p, count: cells * p))
             let grid = try FeatureGrid(height: gh, width: gw, dim: p, data: data)
             let frame = CropFrame(box: prepared[b].box, crop: s, imageWidth: images[b].width, imageHeight: images[b].height)
             let regions: [(IndexRegion, [Float])]
@@ -92,16 +96,31 @@ public final class RegionEmbedder: @unchecked Sendable {
             case .none: regions = []
             case .grid: regions = gridRegions(grid, frame: frame)
             case .proposals:
-                let masks = try withThreads(threads) {
-                    try proposals(image: prepared[b].crop, features: grid, source: .both,
-                                  settings: ProposalSettings(maxProposals: options.maxProposals))
-                }
+                let masks = try proposals(image: prepared[b].crop, features: grid, source: .both,
+                                          settings: ProposalSettings(maxProposals: options.maxProposals))
                 regions = masks.map { m in
                     (IndexRegion(box: frame.box(m.bbox), source: m.source, mask: frame.mask(m)), maskPooledEmbedding(m, features: grid))
                 }
             }
             return ImageVectors(global: global[b], regions: regions)
         }
+    }
+
+    /// `body(i)` for i in 0..<n, spread over the thread budget (tasks of one picture, each with a
+    /// budget of 1), results in order; the first error is thrown.
+    func perPicture<T>(_ n: Int, _ body: (Int) throws -> T) throws -> [T] {
+        var out = [Result<T, Error>?](repeating: nil, count: n)
+        let parts = min(threads, n)
+        out.withUnsafeMutableBufferPointer { o in
+            nonisolated(unsafe) let op = o.baseAddress!
+            withoutActuallyEscaping(body) { f in
+                nonisolated(unsafe) let fn = f
+                parallelFor(parts) { part in
+                    for i in stride(from: part, to: n, by: parts) { op[i] = Result { try fn(i) } }
+                }
+            }
+        }
+        return try out.map { try $0!.get() }
     }
 
     /// The 2x2 and 3x3 cells of the patch grid: mean patch embedding per cell, L2-normalised.
@@ -143,18 +162,59 @@ struct CropFrame {
                         y1: clip((box.y0 + Double(b.y1) * scaleY).rounded(.up), imageHeight))
     }
 
-    /// A mask of the crop at the original picture's size (nearest crop pixel; 0 outside the crop).
+    /// A mask of the crop at the original picture's size (each pixel takes the crop pixel its
+    /// centre falls in; 0 outside the crop), as RLE built from the crop column's runs: a run of
+    /// crop rows becomes a run of picture rows, so no picture-sized array is made.
     func mask(_ m: ProposalMask) -> RLEMask {
         let w = imageWidth, h = imageHeight
-        var bits = [UInt8](repeating: 0, count: w * h)
-        for y in 0..<h {
-            let cy = Int(((Double(y) + 0.5 - box.y0) / scaleY).rounded(.down))
-            guard cy >= 0 && cy < m.height else { continue }
-            for x in 0..<w {
-                let cx = Int(((Double(x) + 0.5 - box.x0) / scaleX).rounded(.down))
-                if cx >= 0 && cx < m.width && m.bits[cy * m.width + cx] != 0 { bits[y * w + x] = 1 }
-            }
+        // The crop row / column of each picture row / column (−1 outside the crop).
+        let rowOf = (0..<h).map { y -> Int in
+            let c = Int(((Double(y) + 0.5 - box.y0) / scaleY).rounded(.down))
+            return c >= 0 && c < m.height ? c : -1
         }
-        return RLEMask(bits: bits, width: w, height: h)
+        let colOf = (0..<w).map { x -> Int in
+            let c = Int(((Double(x) + 0.5 - box.x0) / scaleX).rounded(.down))
+            return c >= 0 && c < m.width ? c : -1
+        }
+        // Picture rows [first[c], last[c]] hold crop row c (contiguous: rowOf is non-decreasing).
+        var first = [Int](repeating: -1, count: m.height), last = [Int](repeating: -1, count: m.height)
+        for (y, c) in rowOf.enumerated() where c >= 0 {
+            if first[c] < 0 { first[c] = y }
+            last[c] = y
+        }
+        var counts: [Int] = []
+        var current = 0, run = 0
+        func emit(_ value: Int, _ n: Int) {
+            guard n > 0 else { return }
+            if value != current { counts.append(run); run = 0; current = value }
+            run += n
+        }
+        var columnRuns: [Int: [(Int, Int)]] = [:]  // crop column → its runs of 1s as picture rows [a, b)
+        for x in 0..<w {
+            let cx = colOf[x]
+            guard cx >= 0 else { emit(0, h); continue }
+            let runs = columnRuns[cx] ?? {
+                var r: [(Int, Int)] = []
+                var cy = 0
+                while cy < m.height {
+                    guard m.bits[cy * m.width + cx] != 0, first[cy] >= 0 else { cy += 1; continue }
+                    var end = cy
+                    while end + 1 < m.height && m.bits[(end + 1) * m.width + cx] != 0 && first[end + 1] >= 0 { end += 1 }
+                    r.append((first[cy], last[end] + 1))
+                    cy = end + 1
+                }
+                columnRuns[cx] = r
+                return r
+            }()
+            var y = 0
+            for (a, b) in runs {
+                emit(0, a - y)
+                emit(1, b - a)
+                y = b
+            }
+            emit(0, h - y)
+        }
+        counts.append(run)
+        return RLEMask(width: w, height: h, counts: counts)
     }
 }

@@ -22,7 +22,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also write the results as JSON to this file.")
     var json: String?
 
-    @Option(help: "Comma-separated cases to run: image, text, segment, pamr, folder, vpt_step, tune_text_step (default: the first five).")
+    @Option(help: "Comma-separated cases to run: image, text, segment, pamr, folder, vpt_step, tune_text_step, index, search (default: the first five).")
     var cases: String = "image,text,segment,pamr,folder"
 
     @Option(help: "Batch sizes of the vpt_step case (comma-separated).")
@@ -31,6 +31,15 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Images in the folder case.")
     var folderImages: Int = 8
 
+    @Option(help: "Pictures of the index case: the first --index-count image files of this folder (sorted by name; repeated when fewer). Default: ../shared/data/camvid/val when it exists, else examples.")
+    var indexPictures: String?
+
+    @Option(help: "Pictures indexed by the index case.")
+    var indexCount: Int = 64
+
+    @Option(help: "Collection sizes of the search case (synthetic clustered vectors, d = the model's embedding width), comma-separated.")
+    var searchSizes: String = "1000000"
+
     var selected: Set<String> { Set(cases.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
 
     func validate() throws {
@@ -38,9 +47,18 @@ struct BenchCommand: ParsableCommand {
         let unknown = selected.subtracting(Self.allCases)
         guard unknown.isEmpty else { throw ValidationError("unknown --cases \(unknown.sorted().joined(separator: ", ")): use \(Self.allCases.sorted().joined(separator: ", "))") }
         guard folderImages >= 1 else { throw ValidationError("--folder-images must be at least 1") }
+        guard indexCount >= 1 && indexCount <= 10_000 else { throw ValidationError("--index-count must be between 1 and 10000") }
+        guard let sizes = parsedSearchSizes, !sizes.isEmpty, sizes.allSatisfy({ $0 >= 1000 && $0 <= 20_000_000 }) else {
+            throw ValidationError("--search-sizes must be comma-separated counts between 1000 and 20000000")
+        }
     }
 
-    static let allCases: Set<String> = ["image", "text", "segment", "pamr", "folder", "vpt_step", "tune_text_step"]
+    static let allCases: Set<String> = ["image", "text", "segment", "pamr", "folder", "vpt_step", "tune_text_step", "index", "search"]
+
+    var parsedSearchSizes: [Int]? {
+        let parts = searchSizes.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        return parts.contains(nil) ? nil : parts.map { $0! }
+    }
 
     static let camvid = ["sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car", "pedestrian", "bicyclist"]
 
@@ -203,6 +221,48 @@ struct BenchCommand: ParsableCommand {
             report("tune step 8 images x 8 classes, text batched", batched, extra: String(format: "x%.2f faster", single / batched))
             report("tune step 8 images x 8 classes, text batched, shared prefix once", shared,
                    extra: String(format: "x%.2f faster (x%.2f of batched)", single / shared, batched / shared))
+        }
+        // Indexing throughput: the pictures into a new index (read, hash, decode, one encoder pass
+        // per batch of 8 for the image and dense features, regions, storage), regions as proposals
+        // and as the grid; and without regions.
+        if selected.contains("index") {
+            let camvid = URL(fileURLWithPath: "../shared/data/camvid/val")
+            let folder = indexPictures.map { URL(fileURLWithPath: $0) }
+                ?? (FileManager.default.fileExists(atPath: camvid.path) ? camvid : URL(fileURLWithPath: "examples"))
+            let files = try IndexBench.pictures(in: folder, count: indexCount)
+            let distinct = Set(files.map(\.path)).count
+            for mode in [RegionMode.proposals, .grid, .none] {
+                var o = IndexingOptions()
+                o.regions = mode
+                let sec = try IndexBench.indexingSeconds(model: model, files: files, options: o, repeats: repeats, threads: t)
+                let name = mode == .proposals ? "index (\(distinct) pictures of \(folder.lastPathComponent), regions: proposals, batch 8)"
+                                              : "indexing, regions: \(mode.rawValue) (\(distinct) pictures, batch 8)"
+                report(name, sec, extra: String(format: "%.2f images/s", Double(distinct) / sec))
+                rows[rows.count - 1].imagesPerSecond = Double(distinct) / sec
+            }
+        }
+        // Search: exact top-20 (BLAS over float16 shards) and the approximate index, single
+        // queries on synthetic clustered vectors.
+        if selected.contains("search") {
+            for n in parsedSearchSizes ?? [] {
+                let f = try IndexBench.search(vectors: n, dim: model.config.projectionDim, k: 20, queries: 50, approximate: true, threads: t)
+                print(String(format: "search collection: %d x %d vectors: added in %.1f s, opened and first search %.2f s, %.0f bytes on disk per vector",
+                             n, f.dim, f.addSeconds, f.openSeconds, f.bytesPerVector))
+                report("search exact top-20 of \(n) x \(f.dim) (median of 50 queries)", f.exactMedian,
+                       extra: String(format: "best %.1f ms", f.exactBest * 1000))
+                rows[rows.count - 1].vectors = n
+                rows[rows.count - 1].msPerQuery = f.exactMedian * 1000
+                rows[rows.count - 1].bytesPerVector = f.bytesPerVector
+                if let a = f.approximate {
+                    report("search approximate top-20 of \(n) x \(f.dim) (median of 50 queries)", a.median,
+                           extra: String(format: "recall@20 %.3f, best %.1f ms, %d lists, %d probes, built in %.1f s, %.0f bytes per vector",
+                                         a.recall, a.best * 1000, a.settings.lists, a.settings.probes, a.buildSeconds, a.bytesPerVector))
+                    rows[rows.count - 1].vectors = n
+                    rows[rows.count - 1].msPerQuery = a.median * 1000
+                    rows[rows.count - 1].recall = a.recall
+                    rows[rows.count - 1].bytesPerVector = a.bytesPerVector
+                }
+            }
         }
         let rss = Bench.peakRSS()
         print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))
