@@ -11,6 +11,9 @@ public struct IndexingOptions: Sendable, Equatable {
     public var batch = 8
     /// Proposals kept per image (1...64), for `RegionMode.proposals`.
     public var maxProposals = 12
+    /// The side (pixels, 32...1024) of the square picture the proposals are made on: the model's
+    /// crop resized (the features are a 14x14 grid either way; SLIC's cost grows with pixels).
+    public var proposalSide = 112
     /// The dense method whose patch features make the region embeddings.
     public var method: DenseMethod = .naclip
     /// Largest picture decoded (pixels).
@@ -27,6 +30,9 @@ public struct IndexingOptions: Sendable, Equatable {
         guard batch >= 1 && batch <= 64 else { throw ZeroSegError.invalidArgument("the image batch must be between 1 and 64, not \(batch)", parameter: "batch") }
         guard maxProposals >= 1 && maxProposals <= 64 else {
             throw ZeroSegError.invalidArgument("the proposals per image must be between 1 and 64, not \(maxProposals)", parameter: "maxProposals")
+        }
+        guard proposalSide >= 32 && proposalSide <= 1024 else {
+            throw ZeroSegError.invalidArgument("the proposal picture side must be between 32 and 1024, not \(proposalSide)", parameter: "proposalSide")
         }
         guard maxPixels >= 1, maxFileBytes >= 1 else { throw ZeroSegError.invalidArgument("the pixel and byte limits must be positive", parameter: "maxPixels") }
     }
@@ -90,13 +96,16 @@ public final class RegionEmbedder: @unchecked Sendable {
             let patches = patchesP
             let data = Array(UnsafeBufferPointer(start: patches + b * cells * p, count: cells * p))
             let grid = try FeatureGrid(height: gh, width: gw, dim: p, data: data)
-            let frame = CropFrame(box: prepared[b].box, crop: s, imageWidth: images[b].width, imageHeight: images[b].height)
+            var frame = CropFrame(box: prepared[b].box, crop: s, imageWidth: images[b].width, imageHeight: images[b].height)
             let regions: [(IndexRegion, [Float])]
             switch options.regions {
             case .none: regions = []
             case .grid: regions = gridRegions(grid, frame: frame)
             case .proposals:
-                let masks = try proposals(image: prepared[b].crop, features: grid, source: .both,
+                let side = min(options.proposalSide, s)
+                let small = side == s ? prepared[b].crop : try resizeBicubicPIL(prepared[b].crop, width: side, height: side)
+                frame.crop = side
+                let masks = try proposals(image: small, features: grid, source: .both,
                                           settings: ProposalSettings(maxProposals: options.maxProposals))
                 regions = masks.map { m in
                     (IndexRegion(box: frame.box(m.bbox), source: m.source, mask: frame.mask(m)), maskPooledEmbedding(m, features: grid))
