@@ -164,15 +164,12 @@ public final class EmbeddingIndex: @unchecked Sendable {
             throw ZeroSegError.invalidArgument("\(directory.path) already holds an index", parameter: "index")
         }
         let lock = try WriterLock(directory)
-        let db = try IndexDatabase(url: dbURL, create: true)
         let id = UUID()
-        try db.writing { d in
-            for (k, v) in [("format", IndexDatabase.formatVersion), ("model_fingerprint", identity.fingerprint),
-                           ("model_source", identity.source), ("dim", String(identity.dim)),
-                           ("regions", regions.rawValue), ("index_id", id.uuidString), ("generation", "0")] {
-                try IndexDatabase.setMeta(d, k, v)
-            }
-        }
+        try IndexDatabase.create(at: dbURL, meta: [
+            ("format", IndexDatabase.formatVersion), ("model_fingerprint", identity.fingerprint),
+            ("model_source", identity.source), ("dim", String(identity.dim)),
+            ("regions", regions.rawValue), ("index_id", id.uuidString), ("generation", "0")])
+        let db = try IndexDatabase(url: dbURL)
         return EmbeddingIndex(directory: directory, identity: identity, regionMode: regions, db: db, indexID: id, writer: lock)
     }
 
@@ -185,7 +182,7 @@ public final class EmbeddingIndex: @unchecked Sendable {
             throw ZeroSegError.badInput("no index at \(directory.path) (not a directory)", file: directory.path)
         }
         let lock = writable ? try WriterLock(directory) : nil
-        let db = try IndexDatabase(url: directory.appendingPathComponent(databaseName), create: false)
+        let db = try IndexDatabase(url: directory.appendingPathComponent(databaseName))
         let meta = try db.meta()
         func need(_ key: String) throws -> String {
             guard let v = meta[key] else {

@@ -102,39 +102,58 @@ final class IndexDatabase: @unchecked Sendable {
     let url: URL
     let pool: DatabasePool
 
-    init(url: URL, create: Bool) throws {
+    /// Opens the database of an existing index.
+    init(url: URL) throws {
         self.url = url
-        var config = Configuration()
-        config.readonly = false
-        config.busyMode = .timeout(30)
-        config.foreignKeysEnabled = true
-        config.label = "zeroseg-index"
-        if !create && !FileManager.default.fileExists(atPath: url.path) {
+        guard FileManager.default.fileExists(atPath: url.path) else {
             throw ZeroSegError.badInput("\(url.deletingLastPathComponent().path) is not a zeroseg index (no \(url.lastPathComponent))", file: url.path)
         }
         do {
-            pool = try DatabasePool(path: url.path, configuration: config)
-            if !create {
-                // Opening is lazy: read once, so that a file that is not a database fails here.
-                _ = try pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM sqlite_master") }
-                return
-            }
-            try pool.write { db in
+            pool = try DatabasePool(path: url.path, configuration: Self.configuration)
+            // Opening is lazy: read once, so that a file that is not a database fails here.
+            _ = try pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM sqlite_master") }
+        } catch let e as DatabaseError {
+            throw Self.describe(e, url)
+        }
+    }
+
+    static var configuration: Configuration {
+        var config = Configuration()
+        config.busyMode = .timeout(30)
+        config.foreignKeysEnabled = true
+        config.label = "zeroseg-index"
+        return config
+    }
+
+    /// Makes the database of a new index at `url` with its tables and `meta`, all or nothing: it
+    /// is built under another name and renamed into place, so a process killed while creating an
+    /// index leaves no database (and the next run creates it again), never one without its meta.
+    static func create(at url: URL, meta: [(String, String)]) throws {
+        let tmp = URL(fileURLWithPath: url.path + ".new")
+        for suffix in ["", "-journal", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: tmp.path + suffix) }
+        do {
+            let q = try DatabaseQueue(path: tmp.path, configuration: configuration)
+            try q.write { db in
                 try db.execute(sql: """
-                    CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
-                    CREATE TABLE IF NOT EXISTS images(id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE,
+                    CREATE TABLE meta(key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+                    CREATE TABLE images(id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE,
                         sha256 TEXT NOT NULL, bytes INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL);
-                    CREATE TABLE IF NOT EXISTS vectors(id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    CREATE TABLE vectors(id INTEGER PRIMARY KEY AUTOINCREMENT,
                         image_id INTEGER REFERENCES images(id) ON DELETE CASCADE, kind INTEGER NOT NULL,
                         shard INTEGER NOT NULL, slot INTEGER NOT NULL, x0 INTEGER, y0 INTEGER, x1 INTEGER, y1 INTEGER,
                         source TEXT, mask TEXT, UNIQUE(kind, shard, slot));
-                    CREATE INDEX IF NOT EXISTS vectors_image ON vectors(image_id);
-                    CREATE TABLE IF NOT EXISTS shards(kind INTEGER NOT NULL, number INTEGER NOT NULL, rows INTEGER NOT NULL, crc INTEGER NOT NULL,
+                    CREATE INDEX vectors_image ON vectors(image_id);
+                    CREATE TABLE shards(kind INTEGER NOT NULL, number INTEGER NOT NULL, rows INTEGER NOT NULL, crc INTEGER NOT NULL,
                         PRIMARY KEY(kind, number));
                     """)
+                for (k, v) in meta { try setMeta(db, k, v) }
             }
+            try q.close()
         } catch let e as DatabaseError {
-            throw Self.describe(e, url)
+            throw describe(e, tmp)
+        }
+        guard rename(tmp.path, url.path) == 0 else {
+            throw ZeroSegError.io("cannot create the index database \(url.path): \(String(cString: strerror(errno)))", file: url.path)
         }
     }
 
