@@ -61,6 +61,9 @@ struct SearchCommand: ParsableCommand {
     func run() throws {
         let dir = URL(fileURLWithPath: index)
         let idx = try EmbeddingIndex.open(at: dir)
+        if regions && idx.regionMode == .none {
+            throw ValidationError("--regions: the index at \(index) has no regions (it was made with --regions none)")
+        }
         let queryImage = try image.map { try RGBImage.load(URL(fileURLWithPath: $0)) }
         var modelOptions = options
         if modelOptions.model == nil { modelOptions.model = idx.identity.source }  // the index's own model
@@ -89,7 +92,7 @@ struct SearchCommand: ParsableCommand {
                 if let r = h.region { out += "  [\(r.box.x0),\(r.box.y0),\(r.box.x1),\(r.box.y1)) \(r.source)" }
                 out += "\n"
             }
-            if hits.isEmpty { out = "no hits (the index is empty)\n" }
+            if hits.isEmpty { out = "no hits (the index holds no \(regions ? "regions" : "pictures"))\n" }
             print(out, terminator: "")
         }
     }

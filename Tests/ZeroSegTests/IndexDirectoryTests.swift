@@ -203,6 +203,13 @@ import ZeroSeg
         #expect(r.status == 2 && r.stderr.hasPrefix("error: index \(dir.path) was made with model other-model"), "\(r.stderr)")
         r = try runCLI(["index", pics.path, "--out", dir.path, "--model", tiny])
         #expect(r.status == 2 && r.stderr.contains("was made with model other-model"), "\(r.stderr)")
+        // An index of the tiny model without regions: --regions is refused, an empty one has no hits.
+        let own = root.appendingPathComponent("own")
+        _ = try EmbeddingIndex.create(at: own, identity: EmbeddingIndex.identity(of: Self.model), regions: .none)
+        r = try runCLI(["search", own.path, "a cat", "--regions", "--model", tiny])
+        #expect(r.status == 2 && r.stderr == "error: --regions: the index at \(own.path) has no regions (it was made with --regions none)\n", "\(r.stderr)")
+        r = try runCLI(["search", own.path, "a cat", "--model", tiny])
+        #expect(r.status == 0 && r.stdout == "no hits (the index holds no pictures)\n", "\(r.stdout)")
     }
 
     /// A child `zeroseg index` killed at random points (SIGKILL and SIGINT, 20 times), then run to
