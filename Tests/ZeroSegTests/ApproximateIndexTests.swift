@@ -187,16 +187,16 @@ import ZeroSegANN
             }
             var nan = Array(x.prefix(100 * d))
             nan[77] = .nan
-            try nan.withUnsafeBufferPointer { n in
+            _ = nan.withUnsafeBufferPointer { n in
                 #expect(throws: ZeroSegError.self) {
-                    try ApproximateIndex.build(vectors: n.baseAddress!, ids: ids, dim: d, settings: ok, threads: 1)
+                    _ = try ApproximateIndex.build(vectors: n.baseAddress!, ids: ids, dim: d, settings: ok, threads: 1)
                 }
             }
             let index = try ApproximateIndex.build(vectors: v, ids: ids, dim: d, settings: ok, threads: 1)
             #expect(throws: ZeroSegError.self) { try index.search(v, count: 1, k: 0, threads: 1) }
             #expect(throws: ZeroSegError.self) { try index.search(v, count: -1, k: 5, threads: 1) }
             #expect(throws: ZeroSegError.self) { try index.search(v, count: 1, k: 5, probes: 0, threads: 1) }
-            try nan.withUnsafeBufferPointer { n in
+            nan.withUnsafeBufferPointer { n in
                 #expect(throws: ZeroSegError.self) { try index.search(n.baseAddress!, count: 2, k: 5, threads: 1) }
                 #expect(throws: ZeroSegError.self) { try index.add(vectors: n.baseAddress!, ids: ids, threads: 1) }
             }
