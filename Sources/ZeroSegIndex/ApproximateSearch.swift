@@ -17,7 +17,7 @@ extension EmbeddingIndex {
     /// Builds the approximate index of `kind` from every live vector (float16 as stored) and
     /// records it as current. Writers only. `settings`: default `ApproximateSettings.forCount`.
     public func buildApproximate(_ kind: VectorKind, settings: ApproximateSettings? = nil, threads: Int = defaultThreads) throws {
-        try requireWriterAccess()
+        try requireWriter()
         try refresh()
         let snap = try snapshot(kind)
         let dim = identity.dim

@@ -198,12 +198,8 @@ public final class EmbeddingIndex: @unchecked Sendable {
             throw ZeroSegError.badInput("index \(directory.path) is damaged (bad dim, regions or index_id)", file: directory.path)
         }
         let identity = IndexIdentity(fingerprint: try need("model_fingerprint"), source: meta["model_source"] ?? "?", dim: dim)
-        if let model, model.fingerprint != identity.fingerprint || model.dim != identity.dim {
-            throw ZeroSegError.invalidArgument(
-                "index \(directory.path) was made with model \(identity.source) (fingerprint \(identity.fingerprint.prefix(12))), not \(model.source) (fingerprint \(model.fingerprint.prefix(12))): search it with its own model, or index again into a new index",
-                parameter: "model")
-        }
         let index = EmbeddingIndex(directory: directory, identity: identity, regionMode: regions, db: db, indexID: id, writer: lock)
+        if let model { try index.check(model) }
         if writable { try index.removeOrphanShards() }
         return index
     }
@@ -213,9 +209,7 @@ public final class EmbeddingIndex: @unchecked Sendable {
         FileManager.default.fileExists(atPath: directory.appendingPathComponent(databaseName).path)
     }
 
-    func requireWriterAccess() throws { try requireWriter() }
-
-    private func requireWriter() throws {
+    func requireWriter() throws {
         guard writer != nil else { throw ZeroSegError.invalidArgument("the index was opened for reading only", parameter: "writable") }
     }
 
@@ -275,8 +269,7 @@ public final class EmbeddingIndex: @unchecked Sendable {
         if let s = snapshots.withLock({ $0[kind] }) { return s }
         var lastError: Error?
         for _ in 0..<3 {
-            let (gen, slots) = try db.reading { d in (try Int(String.fetchOne(d, sql: "SELECT value FROM meta WHERE key = 'generation'") ?? "0") ?? 0,
-                                                       try IndexDatabase.slots(d, kind: kind)) }
+            let (gen, slots) = try db.reading { d in (try IndexDatabase.generation(d), try IndexDatabase.slots(d, kind: kind)) }
             do {
                 let views = try slots.map { s in
                     ShardView(slots: s, map: try ShardMap(url: shardURL(directory, kind: kind, number: s.number), dim: identity.dim,

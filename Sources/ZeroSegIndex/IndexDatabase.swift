@@ -197,8 +197,21 @@ final class IndexDatabase: @unchecked Sendable {
         try db.execute(sql: "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'generation'")
     }
 
-    func generation() throws -> Int {
-        try reading { db in try Int(String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'generation'") ?? "0") ?? 0 }
+    func generation() throws -> Int { try reading(Self.generation) }
+
+    static func generation(_ db: Database) throws -> Int {
+        try Int(String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'generation'") ?? "0") ?? 0
+    }
+
+    /// Rows of `select` (which must end in "... IN") for the given ids, 500 ids per statement.
+    static func rows(_ db: Database, _ select: String, ids: [Int64]) throws -> [Row] {
+        var out: [Row] = []
+        for start in stride(from: 0, to: ids.count, by: 500) {
+            let part = Array(ids[start..<min(ids.count, start + 500)])
+            let marks = part.map { _ in "?" }.joined(separator: ",")
+            out += try Row.fetchAll(db, sql: "\(select) (\(marks))", arguments: StatementArguments(part))
+        }
+        return out
     }
 
     // MARK: Images

@@ -82,14 +82,8 @@ extension EmbeddingIndex {
         let missing = cands.filter { $0.image == -2 }.map(\.id)
         guard !missing.isEmpty else { return }
         var image: [Int64: Int64] = [:]
-        try db.reading { d in
-            for chunk in stride(from: 0, to: missing.count, by: 500) {
-                let part = Array(missing[chunk..<min(missing.count, chunk + 500)])
-                let marks = part.map { _ in "?" }.joined(separator: ",")
-                for r in try Row.fetchAll(d, sql: "SELECT id, image_id FROM vectors WHERE id IN (\(marks))", arguments: StatementArguments(part)) {
-                    image[r["id"]] = (r["image_id"] as Int64?) ?? -1
-                }
-            }
+        for r in try db.reading({ try IndexDatabase.rows($0, "SELECT id, image_id FROM vectors WHERE id IN", ids: missing) }) {
+            image[r["id"]] = (r["image_id"] as Int64?) ?? -1
         }
         for i in cands.indices where cands[i].image == -2 { cands[i].image = image[cands[i].id] ?? -1 }
     }
@@ -98,21 +92,13 @@ extension EmbeddingIndex {
     /// snapshot are left out).
     func hits(_ cands: [Candidate]) throws -> [SearchHit] {
         guard !cands.isEmpty else { return [] }
-        let rows: [Int64: Row] = try db.reading { d in
-            var out: [Int64: Row] = [:]
-            let ids = cands.map(\.id)
-            for chunk in stride(from: 0, to: ids.count, by: 500) {
-                let part = Array(ids[chunk..<min(ids.count, chunk + 500)])
-                let marks = part.map { _ in "?" }.joined(separator: ",")
-                let sql = """
-                    SELECT v.id, v.kind, v.x0, v.y0, v.x1, v.y1, v.source, v.mask,
-                           i.id AS image_id, i.path, i.sha256, i.bytes, i.width, i.height
-                    FROM vectors v LEFT JOIN images i ON i.id = v.image_id WHERE v.id IN (\(marks))
-                    """
-                for r in try Row.fetchAll(d, sql: sql, arguments: StatementArguments(part)) { out[r["id"]] = r }
-            }
-            return out
-        }
+        let select = """
+            SELECT v.id, v.kind, v.x0, v.y0, v.x1, v.y1, v.source, v.mask,
+                   i.id AS image_id, i.path, i.sha256, i.bytes, i.width, i.height
+            FROM vectors v LEFT JOIN images i ON i.id = v.image_id WHERE v.id IN
+            """
+        var rows: [Int64: Row] = [:]
+        for r in try db.reading({ try IndexDatabase.rows($0, select, ids: cands.map(\.id)) }) { rows[r["id"]] = r }
         return try cands.compactMap { c in
             guard let r = rows[c.id] else { return nil }
             var image: IndexedImage?
@@ -157,8 +143,10 @@ extension EmbeddingIndex {
     }
 
     /// Checks that `model` made this index (a one-line error naming both otherwise).
-    public func check(model: CLIPModel) throws {
-        let m = Self.identity(of: model)
+    public func check(model: CLIPModel) throws { try check(Self.identity(of: model)) }
+
+    /// Checks that the model `m` identifies made this index.
+    func check(_ m: IndexIdentity) throws {
         guard m.fingerprint == identity.fingerprint && m.dim == identity.dim else {
             throw ZeroSegError.invalidArgument(
                 "index \(directory.path) was made with model \(identity.source) (fingerprint \(identity.fingerprint.prefix(12))), not \(m.source) (fingerprint \(m.fingerprint.prefix(12))): search it with its own model, or index again into a new index",

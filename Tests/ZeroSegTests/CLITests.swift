@@ -5,14 +5,17 @@ import ZeroSeg
 /// Runs the built `zeroseg` binary (next to the test bundle) and checks its output exactly.
 struct CLIResult { let status: Int32; let stdout: String; let stderr: String }
 
-func runCLI(_ args: [String], environment: [String: String] = [:]) throws -> CLIResult {
+/// The built `zeroseg` binary, next to the test bundle.
+func zerosegExecutable() -> URL {
     let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    var exe = dir.appendingPathComponent("zeroseg")
-    if !FileManager.default.fileExists(atPath: exe.path) {  // xctest bundle layout
-        exe = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("zeroseg")
-    }
+    let exe = dir.appendingPathComponent("zeroseg")
+    if FileManager.default.fileExists(atPath: exe.path) { return exe }
+    return Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("zeroseg")  // xctest bundle layout
+}
+
+func runCLI(_ args: [String], environment: [String: String] = [:]) throws -> CLIResult {
     let p = Process()
-    p.executableURL = exe
+    p.executableURL = zerosegExecutable()
     p.arguments = args
     p.currentDirectoryURL = repoRoot
     var env = ProcessInfo.processInfo.environment

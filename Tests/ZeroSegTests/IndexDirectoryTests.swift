@@ -276,9 +276,7 @@ final class SpawnedCLI {
     private var status: Status?
 
     init(_ args: [String]) throws {
-        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        var exe = dir.appendingPathComponent("zeroseg")
-        if !FileManager.default.fileExists(atPath: exe.path) { exe = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("zeroseg") }
+        let exe = zerosegExecutable()
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
