@@ -262,6 +262,7 @@
   async function showSegmentation(rec, picture, seq) {
     const w = rec.width, h = rec.height;
     const classes = rec.classes || [];
+    if (!rec.png || !rec.png.labels || !rec.png.score) throw new Error("the server's answer has no label or score PNG");
     // The server turns JPEGs upright by their EXIF orientation, as the browser does: draw the
     // picture at the record's size.
     const pic = pixels(picture, w, h);
@@ -366,10 +367,17 @@
     for (const u of state.downloadURLs) URL.revokeObjectURL(u);
     const name = stem(rec.image);
     const labels = URL.createObjectURL(new Blob([base64Bytes(rec.png.labels)], { type: "image/png" }));
+    const overlay = rec.png.overlay
+      ? URL.createObjectURL(new Blob([base64Bytes(rec.png.overlay)], { type: "image/png" })) : null;
     const record = Object.assign({}, rec);
     delete record.png;
     const json = URL.createObjectURL(new Blob([JSON.stringify(record, null, 2) + "\n"], { type: "application/json" }));
-    state.downloadURLs = [labels, json];
+    state.downloadURLs = [labels, json].concat(overlay ? [overlay] : []);
+    $("download-overlay").hidden = !overlay;
+    if (overlay) {
+      $("download-overlay").href = overlay;
+      $("download-overlay").download = name + ".overlay.png";
+    }
     $("download-labels").href = labels;
     $("download-labels").download = name + ".labels.png";
     $("download-json").href = json;
