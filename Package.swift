@@ -11,6 +11,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/multipart-kit", from: "4.7.1"),
     ],
     targets: [
         // C system libraries (Debian: libopenblas-dev libjpeg-dev libpng-dev libutf8proc-dev zlib1g-dev
@@ -76,17 +79,26 @@ let package = Package(
         .target(name: "ZeroSeg",
                 dependencies: ["ZeroSegCore", "ZeroSegFormats", "ZeroSegImaging", "ZeroSegText", "ZeroSegCLIP",
                                "ZeroSegHub", "ZeroSegSegmentation", "ZeroSegTuning", "ZeroSegANN", "ZeroSegIndex"]),
+        // `zeroseg serve`: the HTTP API and the web page (Hummingbird 2), metrics (swift-prometheus),
+        // multipart bodies (MultipartKit). Over the product; the CLI is a thin layer over it.
+        .target(name: "ZeroSegService",
+                dependencies: ["ZeroSeg",
+                               .product(name: "Hummingbird", package: "hummingbird"),
+                               .product(name: "Prometheus", package: "swift-prometheus"),
+                               .product(name: "MultipartKit", package: "multipart-kit")],
+                resources: [.copy("Web"), .copy("openapi.json")]),
         // Test-only code, in no product: naive reference kernels and the PNG reader the writer
         // tests use. Only the test target depends on it.
         .target(name: "ZeroSegTestSupport",
                 dependencies: ["ZeroSegCore", "ZeroSegImaging", "ZeroSegSegmentation", "CImageShim", "CPNG"]),
         .executableTarget(
             name: "zeroseg",
-            dependencies: ["ZeroSeg", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["ZeroSeg", "ZeroSegService", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(
             name: "ZeroSegTests",
-            dependencies: ["ZeroSeg", "ZeroSegTestSupport", "ZeroSegANN"],
+            dependencies: ["ZeroSeg", "ZeroSegTestSupport", "ZeroSegANN", "ZeroSegService",
+                           .product(name: "HummingbirdTesting", package: "hummingbird")],
             resources: [.copy("Fixtures")]
         ),
     ]

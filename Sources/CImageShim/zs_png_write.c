@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <setjmp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +12,9 @@
 #include <png.h>
 
 typedef struct {
-    int fd;
+    int fd;           // >= 0: write to this file descriptor; -1: append to buf
+    uint8_t *buf;     // the memory writer's output (malloc'd, grown by doubling)
+    size_t len, cap;
     jmp_buf jump;
     char message[256];
 } zs_png_writer;
@@ -30,6 +33,23 @@ static void zs_png_write_warning(png_structp png, png_const_charp msg) {
 
 static void zs_png_write_data(png_structp png, png_bytep data, size_t count) {
     zs_png_writer *w = (zs_png_writer *)png_get_io_ptr(png);
+    if (w->fd < 0) {
+        if (count > SIZE_MAX / 2 - w->len) png_error(png, "PNG too large for memory");
+        if (w->len + count > w->cap) {
+            size_t cap = w->cap ? w->cap : 65536;
+            while (cap < w->len + count) cap *= 2;
+            uint8_t *grown = (uint8_t *)realloc(w->buf, cap);
+            if (!grown) {
+                snprintf(w->message, sizeof w->message, "out of memory encoding PNG");
+                png_error(png, w->message);
+            }
+            w->buf = grown;
+            w->cap = cap;
+        }
+        memcpy(w->buf + w->len, data, count);
+        w->len += count;
+        return;
+    }
     while (count > 0) {
         ssize_t n = write(w->fd, data, count);
         if (n < 0) {
@@ -44,9 +64,11 @@ static void zs_png_write_data(png_structp png, png_bytep data, size_t count) {
 
 static void zs_png_write_flush(png_structp png) { (void)png; }
 
-int zs_png_write_fd(int fd, uint32_t width, uint32_t height, int color_type,
-                    const uint8_t *plte, int plte_count, const uint8_t *pixels,
-                    char *message, size_t message_len) {
+// fd >= 0: writes to fd; fd < 0: into a malloc'd buffer returned in *out / *out_len (the
+// caller frees it; NULL on failure).
+static int zs_png_write_any(int fd, uint32_t width, uint32_t height, int color_type,
+                            const uint8_t *plte, int plte_count, const uint8_t *pixels,
+                            uint8_t **out, size_t *out_len, char *message, size_t message_len) {
     // volatile: modified between setjmp and a possible longjmp.
     zs_png_writer *volatile w = NULL;
     png_structp volatile png = NULL;
@@ -66,6 +88,8 @@ int zs_png_write_fd(int fd, uint32_t width, uint32_t height, int color_type,
     }
     w = (zs_png_writer *)calloc(1, sizeof(zs_png_writer));
     if (w) w->fd = fd;
+    if (out) *out = NULL;
+    if (out_len) *out_len = 0;
     if (w) rows = (png_bytep *)malloc(sizeof(png_bytep) * (height ? height : 1));
     if (w) png = png_create_write_struct(PNG_LIBPNG_VER_STRING, w, zs_png_write_error, zs_png_write_warning);
     if (png) info = png_create_info_struct(png);
@@ -97,6 +121,11 @@ int zs_png_write_fd(int fd, uint32_t width, uint32_t height, int color_type,
     png_write_image(png, rows);
     png_write_end(png, NULL);
     result = 0;
+    if (fd < 0 && out && out_len) {
+        *out = w->buf;
+        *out_len = w->len;
+        w->buf = NULL;
+    }
 
 done:
     if (png) {
@@ -105,6 +134,25 @@ done:
         png_destroy_write_struct(&p, i ? &i : NULL);
     }
     free(rows);
+    if (w) free(w->buf);
     free(w);
     return result;
+}
+
+int zs_png_write_fd(int fd, uint32_t width, uint32_t height, int color_type,
+                    const uint8_t *plte, int plte_count, const uint8_t *pixels,
+                    char *message, size_t message_len) {
+    if (fd < 0) {
+        snprintf(message, message_len, "bad file descriptor %d", fd);
+        return -1;
+    }
+    return zs_png_write_any(fd, width, height, color_type, plte, plte_count, pixels, NULL, NULL,
+                            message, message_len);
+}
+
+int zs_png_write_mem(uint32_t width, uint32_t height, int color_type,
+                     const uint8_t *plte, int plte_count, const uint8_t *pixels,
+                     uint8_t **out, size_t *out_len, char *message, size_t message_len) {
+    return zs_png_write_any(-1, width, height, color_type, plte, plte_count, pixels, out, out_len,
+                            message, message_len);
 }

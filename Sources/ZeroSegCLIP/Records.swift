@@ -189,3 +189,17 @@ public struct BenchReport: Codable, Sendable, Equatable {
         try c.encode(_openblasKernelsReplaced, forKey: .openblasKernelsReplaced)
     }
 }
+
+/// What `zeroseg embed` prints (and `POST /v1/embed` answers): plain data, not a record:
+/// `{"image": [[...]], "text": [[...]]}`, the embeddings in input order as JSON numbers
+/// (each float widened to double), keys sorted, on one line.
+public struct EmbeddingsOutput: Sendable, Equatable {
+    public var text: [[Float]]
+    public var image: [[Float]]
+    public init(text: [[Float]], image: [[Float]]) { self.text = text; self.image = image }
+
+    public func jsonLine() throws -> Data {
+        try JSONSerialization.data(withJSONObject: ["text": text.map { $0.map { Double($0) } }, "image": image.map { $0.map { Double($0) } }],
+                                   options: [.sortedKeys, .withoutEscapingSlashes])
+    }
+}

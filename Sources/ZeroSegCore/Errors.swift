@@ -18,6 +18,9 @@ public struct ZeroSegError: Error, CustomStringConvertible, Equatable, Sendable 
         case io(file: String?)
         /// Valid, but not supported by zeroseg (an image format, a model configuration).
         case unsupported
+        /// An input is larger than a stated limit (pixels of an image, bytes, classes); the
+        /// message names the limit.
+        case limitExceeded
         /// Anything else.
         case other
     }
@@ -42,6 +45,7 @@ public struct ZeroSegError: Error, CustomStringConvertible, Equatable, Sendable 
     public static func badModel(_ message: String) -> ZeroSegError { ZeroSegError(message, kind: .badModel) }
     public static func io(_ message: String, file: String? = nil) -> ZeroSegError { ZeroSegError(message, kind: .io(file: file)) }
     public static func unsupported(_ message: String) -> ZeroSegError { ZeroSegError(message, kind: .unsupported) }
+    public static func limitExceeded(_ message: String) -> ZeroSegError { ZeroSegError(message, kind: .limitExceeded) }
 
     public var description: String { message }
 

@@ -161,6 +161,6 @@ struct DecodedImage {
 package func checkPixelLimit(width: Int, height: Int, maxPixels: Int, source: String) throws {
     let (pixels, overflow) = max(1, width).multipliedReportingOverflow(by: max(1, height))
     if overflow || pixels > maxPixels {
-        throw ZeroSegError("refusing \(source): \(width)x\(height) is \(overflow ? "too many" : String(pixels)) pixels, above the limit of \(maxPixels) (possible decompression bomb)")
+        throw ZeroSegError.limitExceeded("refusing \(source): \(width)x\(height) is \(overflow ? "too many" : String(pixels)) pixels, above the limit of \(maxPixels) (possible decompression bomb)")
     }
 }

@@ -134,10 +134,63 @@ public func writeGreyPNG(_ samples: [UInt8], width: Int, height: Int, to url: UR
                  plte: [], pixels: samples)
 }
 
-private func checkPNGSize(width: Int, height: Int, what: String, url: URL) throws {
+// MARK: - PNG in memory (the same bytes as the files above)
+
+/// `writeLabelPNG`'s file as bytes in memory.
+public func labelPNGData(labels: [UInt8], width: Int, height: Int, palette: [(UInt8, UInt8, UInt8)]) throws -> Data {
+    let what = "label PNG"
+    try checkPNGSize(width: width, height: height, what: what, url: nil)
+    guard labels.count == width * height else {
+        throw ZeroSegError("cannot encode \(what): \(labels.count) labels for a \(width)x\(height) picture")
+    }
+    guard palette.count <= 255 else {
+        throw ZeroSegError("cannot encode \(what): \(palette.count) palette colours, at most 255 (index 255 is the background)")
+    }
+    var plte = [UInt8](repeating: 0, count: 256 * 3)
+    for (i, c) in palette.enumerated() {
+        plte[3 * i] = c.0; plte[3 * i + 1] = c.1; plte[3 * i + 2] = c.2
+    }
+    return try encodePNG(what: what, width: width, height: height, colorType: PNG_COLOR_TYPE_PALETTE, plte: plte, pixels: labels)
+}
+
+/// `writeRGBPNG`'s file as bytes in memory.
+public func rgbPNGData(_ img: RGBImage) throws -> Data {
+    let what = "PNG"
+    try checkPNGSize(width: img.width, height: img.height, what: what, url: nil)
+    let bytes = img.pixels.map { v -> UInt8 in v.isNaN ? 0 : UInt8(max(0, min(255, v.rounded()))) }
+    return try encodePNG(what: what, width: img.width, height: img.height, colorType: PNG_COLOR_TYPE_RGB, plte: [], pixels: bytes)
+}
+
+/// `writeGreyPNG`'s file as bytes in memory.
+public func greyPNGData(_ samples: [UInt8], width: Int, height: Int, what: String = "greyscale PNG") throws -> Data {
+    try checkPNGSize(width: width, height: height, what: what, url: nil)
+    guard samples.count == width * height else {
+        throw ZeroSegError("cannot encode \(what): \(samples.count) samples for a \(width)x\(height) picture")
+    }
+    return try encodePNG(what: what, width: width, height: height, colorType: PNG_COLOR_TYPE_GRAY, plte: [], pixels: samples)
+}
+
+private func encodePNG(what: String, width: Int, height: Int, colorType: Int32, plte: [UInt8], pixels: [UInt8]) throws -> Data {
+    var message = [CChar](repeating: 0, count: 256)
+    var out: UnsafeMutablePointer<UInt8>?
+    var count = 0
+    let rc = plte.withUnsafeBufferPointer { pb in
+        pixels.withUnsafeBufferPointer { px in
+            zs_png_write_mem(UInt32(width), UInt32(height), colorType, pb.baseAddress, Int32(plte.count / 3), px.baseAddress,
+                             &out, &count, &message, message.count)
+        }
+    }
+    guard rc == 0, let out else {
+        let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        throw ZeroSegError("cannot encode \(what): \(text.isEmpty ? "libpng error" : text)")
+    }
+    return Data(bytesNoCopy: out, count: count, deallocator: .free)
+}
+
+private func checkPNGSize(width: Int, height: Int, what: String, url: URL?) throws {
     // PNG allows 1 ... 2^31 - 1 in each direction.
     guard (1...Int(Int32.max)).contains(width), (1...Int(Int32.max)).contains(height) else {
-        throw ZeroSegError("cannot write \(what) \(url.path): a PNG cannot be \(width)x\(height)")
+        throw ZeroSegError("cannot \(url.map { "write \(what) \($0.path)" } ?? "encode \(what)"): a PNG cannot be \(width)x\(height)")
     }
 }
 

@@ -218,6 +218,9 @@ public final class EmbeddingIndex: @unchecked Sendable {
     /// Images, sorted by path.
     public func images() throws -> [IndexedImage] { try db.images() }
 
+    /// The picture with this id (`IndexedImage.id`, a hit's `image.id`), nil when there is none.
+    public func image(id: Int64) throws -> IndexedImage? { try db.image(id: id) }
+
     /// Number of images.
     public func imageCount() throws -> Int { try db.reading { try Int.fetchOne($0, sql: "SELECT count(*) FROM images") ?? 0 } }
 

@@ -224,6 +224,14 @@ final class IndexDatabase: @unchecked Sendable {
         }
     }
 
+    func image(id: Int64) throws -> IndexedImage? {
+        try reading { db in
+            try Row.fetchOne(db, sql: "SELECT id, path, sha256, bytes, width, height FROM images WHERE id = ?", arguments: [id]).map {
+                IndexedImage(id: $0["id"], path: $0["path"], sha256: $0["sha256"], bytes: $0["bytes"], width: $0["width"], height: $0["height"])
+            }
+        }
+    }
+
     // MARK: Snapshot
 
     /// The shards of `kind` with their slots' ids, as of one read transaction.

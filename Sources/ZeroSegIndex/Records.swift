@@ -77,13 +77,17 @@ public struct SearchRecord: Codable, Sendable, Equatable {
         /// The region's box, source and (for proposals) mask; null for whole-image hits.
         @Nullable public var region: IndexRegion?
         public var id: Int64
+        /// The picture's id in the index (null for vectors added without an image).
+        @Nullable public var imageId: Int64?
         public init(rank: Int, hit: SearchHit) {
             self.rank = rank
             path = hit.image?.path
             score = hit.score
             region = hit.region
             id = hit.id
+            imageId = hit.image?.id
         }
+        enum CodingKeys: String, CodingKey { case rank, path, score, region, id, imageId = "image_id" }
     }
     public var header: RecordHeader
     public var settings: Settings

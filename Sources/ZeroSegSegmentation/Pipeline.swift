@@ -18,6 +18,18 @@ public struct SegmentationOutputs: Sendable, Equatable {
     public init() {}
 }
 
+/// One segmented image's outputs in memory (`SegmentationPipeline.encodedOutputs`).
+public struct EncodedSegmentation: Sendable {
+    public let record: SegmentRecord
+    /// `NAME.labels.png`'s bytes: 8-bit paletted, value = class index, 255 = background.
+    public let labelsPNG: Data
+    /// `NAME.overlay.png`'s bytes.
+    public let overlayPNG: Data
+    /// 8-bit greyscale PNG: round(255 x the labelled class's probability), 0 on background
+    /// (only when the result has scores).
+    public let scorePNG: Data?
+}
+
 /// What `SegmentationPipeline.run` did.
 public struct SegmentationSummary: Sendable {
     /// Inputs segmented and written.
@@ -134,6 +146,12 @@ public final class SegmentationPipeline: @unchecked Sendable {
     /// (`recordTimings` false: all 0, no date); `maskFiles`: the saved mask files of the regions.
     public func record(_ r: SegmentationResult, input: URL, regions: [RegionScore]?, timings: [String: Double],
                        recordTimings: Bool = true, maskFiles: [String]? = nil) -> SegmentRecord {
+        record(r, image: input.path, regions: regions, timings: timings, recordTimings: recordTimings, maskFiles: maskFiles)
+    }
+
+    /// The record with `image` as the picture's name (an upload has no path).
+    public func record(_ r: SegmentationResult, image: String, regions: [RegionScore]?, timings: [String: Double],
+                       recordTimings: Bool = true, maskFiles: [String]? = nil) -> SegmentRecord {
         let classAreas = classes.classes.enumerated().map { i, names in
             let c = palette[i]
             return SegmentRecord.ClassArea(index: i, name: names[0], names: names, color: [Int(c.0), Int(c.1), Int(c.2)],
@@ -141,7 +159,7 @@ public final class SegmentationPipeline: @unchecked Sendable {
         }
         return SegmentRecord(header: RecordHeader(command: "segment", model: model, timings: timings, record: recordTimings),
                              settings: SettingsRecord(segmentation: settings.record(background: classes.background)),
-                             image: input.path, width: r.width, height: r.height, classes: classAreas,
+                             image: image, width: r.width, height: r.height, classes: classAreas,
                              backgroundOrUnlabelledArea: max(0, 1 - r.areaFraction.reduce(0, +)),
                              regions: regions.map { RegionRecord.records($0, classes: classes, files: maskFiles) })
     }
@@ -152,10 +170,7 @@ public final class SegmentationPipeline: @unchecked Sendable {
     public func write(_ r: SegmentationResult, image: RGBImage, input: URL, regions: [RegionScore]?, timings: [String: Double],
                       outputs: SegmentationOutputs = SegmentationOutputs(), into dir: URL) throws {
         let stem = input.deletingPathExtension().lastPathComponent
-        let overlay = try renderOverlay(image: image, labels: r.labels, classNames: classes.displayNames, areaFractions: r.areaFraction,
-                                        palette: palette, alpha: 0.5,
-                                        title: "zeroseg \(settings.options.method.rawValue)\(regions != nil ? " two-stage" : "")",
-                                        footer: model.isSynthetic ? "SYNTHETIC WEIGHTS: meaningless" : nil)
+        let overlay = try overlay(r, image: image, twoStage: regions != nil)
         let maskFiles = regions.map { rs in rs.indices.map { "\(stem)/" + proposalMaskFileName($0, count: rs.count) } }
         let json = try JSONOutput.data(record(r, input: input, regions: regions, timings: timings, recordTimings: outputs.timings,
                                               maskFiles: outputs.proposals ? maskFiles : nil))
@@ -179,6 +194,37 @@ public final class SegmentationPipeline: @unchecked Sendable {
             for u in written { try? FileManager.default.removeItem(at: u) }
             throw error
         }
+    }
+
+    /// `NAME.overlay.png`'s picture: the image blended with the class colours, the legend on the right.
+    func overlay(_ r: SegmentationResult, image: RGBImage, twoStage: Bool) throws -> RGBImage {
+        try renderOverlay(image: image, labels: r.labels, classNames: classes.displayNames, areaFractions: r.areaFraction,
+                          palette: palette, alpha: 0.5,
+                          title: "zeroseg \(settings.options.method.rawValue)\(twoStage ? " two-stage" : "")",
+                          footer: model.isSynthetic ? "SYNTHETIC WEIGHTS: meaningless" : nil)
+    }
+
+    /// The outputs of one image in memory, for a caller that does not write files (the HTTP
+    /// service): the record (as `NAME.json` holds it, `image` naming the picture), `NAME.labels.png`
+    /// and `NAME.overlay.png` as their bytes, and with `r.scores` a greyscale PNG of the winning
+    /// class's probability per pixel (round(255 p); 0 on background).
+    public func encodedOutputs(_ r: SegmentationResult, image: RGBImage, name: String, regions: [RegionScore]?,
+                               timings: [String: Double], recordTimings: Bool = true) throws -> EncodedSegmentation {
+        let labels = try labelPNGData(labels: r.labels, width: r.width, height: r.height, palette: palette)
+        let overlayPNG = try rgbPNGData(overlay(r, image: image, twoStage: regions != nil))
+        var scorePNG: Data?
+        if let s = r.scores {
+            let hw = r.width * r.height
+            var winning = [UInt8](repeating: 0, count: hw)
+            for p in 0..<hw {
+                let c = Int(r.labels[p])
+                guard c < classes.classes.count else { continue }
+                winning[p] = UInt8(max(0, min(255, (255 * s[c * hw + p]).rounded())))
+            }
+            scorePNG = try greyPNGData(winning, width: r.width, height: r.height, what: "score PNG")
+        }
+        return EncodedSegmentation(record: record(r, image: name, regions: regions, timings: timings, recordTimings: recordTimings),
+                                   labelsPNG: labels, overlayPNG: overlayPNG, scorePNG: scorePNG)
     }
 
     // MARK: Many images

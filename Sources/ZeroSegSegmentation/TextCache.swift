@@ -8,13 +8,33 @@ import Foundation
 /// Class embeddings on disk (`$XDG_CACHE_HOME/zeroseg/text`, else `~/.cache/zeroseg/text`), one
 /// small file per (model, template set, name), so a second run with the same names encodes no text.
 /// A file is `P` little-endian float32 values; a damaged or short one is ignored and rewritten.
+///
+/// With `memoryEntries` > 0 the cache also keeps up to that many embeddings in memory (for a
+/// long-lived process such as the HTTP service, where one cache serves every request; the oldest
+/// entries go first). Safe to use from several threads at once.
 public final class TextEmbeddingCache: @unchecked Sendable {
     public let directory: URL
     let dim: Int
+    let memoryEntries: Int
+    private let lock = NSLock()
+    private var memory: [String: [Float]] = [:]
+    private var order: [String] = []  // insertion order, oldest first
 
-    public init(model: CLIPModel, root: URL = CacheDirectory.url().appendingPathComponent("text")) {
+    public init(model: CLIPModel, root: URL = CacheDirectory.url().appendingPathComponent("text"), memoryEntries: Int = 0) {
         directory = root.appendingPathComponent(model.fingerprint)
         dim = model.config.projectionDim
+        self.memoryEntries = max(0, memoryEntries)
+    }
+
+    /// Embeddings held in memory now.
+    public var memoryCount: Int { lock.withLock { memory.count } }
+
+    private func remember(_ key: String, _ v: [Float]) {
+        guard memoryEntries > 0 else { return }
+        lock.withLock {
+            if memory.updateValue(v, forKey: key) == nil { order.append(key) }
+            while memory.count > memoryEntries, !order.isEmpty { memory.removeValue(forKey: order.removeFirst()) }
+        }
     }
 
     func url(name: String, templates: [String]) -> URL {
@@ -26,13 +46,18 @@ public final class TextEmbeddingCache: @unchecked Sendable {
     }
 
     public func load(name: String, templates: [String]) -> [Float]? {
-        guard let d = FileManager.default.contents(atPath: url(name: name, templates: templates).path), d.count == dim * 4 else { return nil }
+        let file = url(name: name, templates: templates)
+        if memoryEntries > 0, let v = lock.withLock({ memory[file.path] }) { return v }
+        guard let d = FileManager.default.contents(atPath: file.path), d.count == dim * 4 else { return nil }
         let v = d.withUnsafeBytes { raw in (0..<dim).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) } }
-        return v.allSatisfy(\.isFinite) ? v : nil
+        guard v.allSatisfy(\.isFinite) else { return nil }
+        remember(file.path, v)
+        return v
     }
 
     /// Best effort: a cache that cannot be written is skipped silently (it only costs time).
     public func store(_ v: [Float], name: String, templates: [String]) {
+        remember(url(name: name, templates: templates).path, v)
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             try v.withUnsafeBytes { try writeDataAtomically(Data($0), to: url(name: name, templates: templates)) }

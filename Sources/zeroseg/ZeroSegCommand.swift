@@ -8,7 +8,7 @@ struct ZeroSegCommand: ParsableCommand {
         commandName: "zeroseg",
         abstract: "Zero-shot, open-vocabulary semantic segmentation with CLIP, on the CPU.",
         version: ZeroSeg.version,
-        subcommands: [Segment.self, Eval.self, Tune.self, IndexCommand.self, SearchCommand.self, Classify.self, Embed.self, Tokenize.self, Weights.self, BenchCommand.self, Debug.self],
+        subcommands: [Segment.self, Eval.self, Tune.self, IndexCommand.self, SearchCommand.self, Serve.self, Classify.self, Embed.self, Tokenize.self, Weights.self, BenchCommand.self, Debug.self],
         defaultSubcommand: Segment.self
     )
 
@@ -52,7 +52,7 @@ enum ExitCodes {
     static func code(for kind: ZeroSegError.Kind) -> Int32 {
         switch kind {
         case .invalidArgument: return usage
-        case .badInput: return badInput
+        case .badInput, .limitExceeded: return badInput
         case .badModel: return badModel
         case .io: return io
         case .unsupported: return unsupported
@@ -188,7 +188,7 @@ struct Embed: ParsableCommand {
         let model = try options.load()
         let t = try texts.isEmpty ? [] : model.encodeText(texts, threads: options.threads)
         let i = try decoded.isEmpty ? [] : model.encodeImages(decoded, threads: options.threads)
-        print(try jsonLine(["text": t.map { $0.map { Double($0) } }, "image": i.map { $0.map { Double($0) } }]))
+        print(String(decoding: try EmbeddingsOutput(text: t, image: i).jsonLine(), as: UTF8.self))
     }
 }
 

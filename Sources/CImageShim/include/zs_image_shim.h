@@ -65,4 +65,10 @@ int zs_png_write_fd(int fd, uint32_t width, uint32_t height, int color_type,
                     const uint8_t *plte, int plte_count, const uint8_t *pixels,
                     char *message, size_t message_len);
 
+/// The same PNG into memory: on success (0) `*out` holds `*out_len` bytes from malloc, which
+/// the caller frees; on failure `*out` is NULL and `message` says why.
+int zs_png_write_mem(uint32_t width, uint32_t height, int color_type,
+                     const uint8_t *plte, int plte_count, const uint8_t *pixels,
+                     uint8_t **out, size_t *out_len, char *message, size_t message_len);
+
 #endif
