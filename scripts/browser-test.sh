@@ -76,7 +76,7 @@ trap 'exit 130' INT TERM
 server=$!
 url=""
 for _ in $(seq 600); do  # 60 s
-    url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$log" | head -1 | sed 's/^listening on //' || true)
+    url=$(grep -o 'listening on http://[^ ]*' "$log" | head -1 | sed 's/^listening on //' || true)
     [ -n "$url" ] && break
     if ! kill -0 "$server" 2>/dev/null; then
         say "zeroseg serve exited before listening:"; tail -5 "$log" >&2; exit 1
