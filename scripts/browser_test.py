@@ -30,15 +30,36 @@ class Failure(Exception):
     pass
 
 
+def exif_orientation(app1):
+    """The EXIF orientation (1-8) in an APP1 segment's body, 1 when none."""
+    if app1[:6] != b"Exif\0\0":
+        return 1
+    tiff = app1[6:]
+    end = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if not end or len(tiff) < 8:
+        return 1
+    ifd = struct.unpack(end + "I", tiff[4:8])[0]
+    if ifd + 2 > len(tiff):
+        return 1
+    for k in range(struct.unpack(end + "H", tiff[ifd:ifd + 2])[0]):
+        e = ifd + 2 + 12 * k
+        if e + 12 > len(tiff):
+            break
+        if struct.unpack(end + "H", tiff[e:e + 2])[0] == 0x0112:
+            return struct.unpack(end + "H", tiff[e + 8:e + 10])[0]
+    return 1
+
+
 def image_size(path):
-    """(width, height) of a PNG or baseline/progressive JPEG, from its header."""
+    """(width, height) of a PNG or baseline/progressive JPEG as shown upright (a JPEG's EXIF
+    orientation 5-8 swaps them, as the server and the browser turn the picture)."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return struct.unpack(">II", data[16:24])
     if data[:2] != b"\xff\xd8":
         raise Failure(f"{path} is neither PNG nor JPEG")
-    i = 2
+    i, orientation = 2, 1
     while i + 4 <= len(data):
         if data[i] != 0xFF:
             i += 1
@@ -48,18 +69,20 @@ def image_size(path):
             i += 1 if marker == 0xFF else 2
             continue
         length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if marker == 0xE1 and orientation == 1:
+            orientation = exif_orientation(data[i + 4:i + 2 + length])
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             h, w = struct.unpack(">HH", data[i + 5:i + 9])
-            return w, h
+            return (h, w) if orientation >= 5 else (w, h)
         i += 2 + length
     raise Failure(f"{path}: no JPEG frame header")
 
 
-def decode_png(data):
-    """(width, height, rows) of a non-interlaced 8-bit PNG; rows are bytes of samples (one per
-    pixel for paletted and greyscale files, the palette index for paletted ones)."""
+def decode_png(data, what):
+    """(width, height, samples per pixel, rows) of a non-interlaced 8-bit PNG; rows are bytes of
+    samples (the palette index for paletted files)."""
     if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise Failure("label download is not a PNG")
+        raise Failure(f"{what} is not a PNG")
     i, idat, ihdr = 8, b"", None
     while i < len(data):
         n = struct.unpack(">I", data[i:i + 4])[0]
@@ -71,7 +94,7 @@ def decode_png(data):
         i += 12 + n
     w, h, depth, ctype, _, _, interlace = ihdr
     if depth != 8 or interlace:
-        raise Failure(f"label PNG has bit depth {depth}, interlace {interlace} (expected 8, 0)")
+        raise Failure(f"{what} has bit depth {depth}, interlace {interlace} (expected 8, 0)")
     bpp = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype]
     raw, stride = zlib.decompress(idat), w * bpp
     rows, prev, p = [], bytearray(stride), 0
@@ -92,9 +115,24 @@ def decode_png(data):
                 pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
                 pr = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
                 line[x] = (line[x] + pr) & 255
-        rows.append(bytes(line[::bpp]))
+        rows.append(bytes(line))
         prev = line
-    return w, h, rows
+    return w, h, bpp, rows
+
+
+def mean_abs_difference(a, b, width, height):
+    """Mean |a - b| over the RGB samples of the top-left width x height pixels of two decoded
+    PNGs (w, h, samples per pixel, rows), and the fraction of pixels differing by more than 24
+    in some channel."""
+    (_, _, ca, ra), (_, _, cb, rb) = a, b
+    total, far = 0, 0
+    for y in range(height):
+        la, lb = ra[y], rb[y]
+        for x in range(width):
+            d = max(abs(la[x * ca + k] - lb[x * cb + k]) for k in range(3))
+            total += sum(abs(la[x * ca + k] - lb[x * cb + k]) for k in range(3))
+            far += d > 24
+    return total / (3 * width * height), far / (width * height)
 
 
 def main():
@@ -244,12 +282,31 @@ def steps(driver, args, ok, wait, image, pic_w, pic_h, names, By, ActionChains):
     if (record.get("width"), record.get("height")) != (pic_w, pic_h) or \
             [c["name"] for c in record.get("classes", [])] != names:
         raise Failure("the JSON download does not describe this run")
-    lw, lh, label_rows = decode_png(links["download-labels"])
+    lw, lh, _, label_rows = decode_png(links["download-labels"], "the label download")
     if (lw, lh) != (pic_w, pic_h):
         raise Failure(f"the label PNG is {lw}x{lh}, the picture {pic_w}x{pic_h}")
     by_value = {c["index"]: c["name"] for c in record["classes"]}
     ok(f"downloads: {el('download-labels').get_attribute('download')}, "
        f"{el('download-json').get_attribute('download')}")
+
+    # ---- the overlay drawn here matches the picture part of the server's (left, same size):
+    # the same blend, so only the JPEG decoders' differences remain
+    src = el("overlay").get_attribute("src") or ""
+    if not src.startswith("data:image/png;base64,"):
+        raise Failure("#overlay src is not a PNG data URL")
+    client = decode_png(base64.b64decode(src.split(",", 1)[1]), "#overlay")
+    server_href = el("download-overlay").get_attribute("href")
+    body = driver.execute_async_script(fetch, server_href)
+    if body.startswith("ERR"):
+        raise Failure(f"#download-overlay: {body}")
+    server = decode_png(base64.b64decode(body), "the server's overlay")
+    if server[0] < pic_w or server[1] < pic_h:
+        raise Failure(f"the server's overlay is {server[0]}x{server[1]}, smaller than the picture")
+    mean, far = mean_abs_difference(client, server, pic_w, pic_h)
+    if mean > 3 or far > 0.01:
+        raise Failure(f"#overlay differs from the server's overlay: mean {mean:.2f} levels, "
+                      f"{100 * far:.1f}% of pixels by more than 24")
+    ok(f"overlay matches the server's (mean difference {mean:.2f} levels)")
 
     # ---- hover: the read-out names the class of the pixel under the mouse (checked against the
     # downloaded label PNG) and its score
