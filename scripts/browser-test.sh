@@ -3,7 +3,8 @@
 #
 # Installs what it lacks (Debian's chromium and chromium-driver, selenium from PyPI), builds
 # zeroseg (release), makes the tiny synthetic model and an index of examples/ (grid regions)
-# when missing, starts `zeroseg serve` on a free loopback port, runs the test, stops the server.
+# when missing, starts `zeroseg serve` (with a --token) on a free loopback port, runs the test,
+# stops the server.
 #
 #   scripts/browser-test.sh [--port N] [--scratch-path DIR] [--screenshot OUT.png] [--timeout S]
 #
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
         --scratch-path) scratch="$2"; shift 2 ;;
         --screenshot) screenshot="$2"; shift 2 ;;
         --timeout) timeout="$2"; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "browser-test.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -72,7 +73,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$bin" serve --host 127.0.0.1 --port "$port" --model "$model" --index "$index" 2>"$log" &
+# With a token, so that the page's Authorization header is tested on every request.
+token="browser-test-$$"
+"$bin" serve --host 127.0.0.1 --port "$port" --model "$model" --index "$index" --token "$token" 2>"$log" &
 server=$!
 url=""
 for _ in $(seq 600); do  # 60 s
@@ -89,7 +92,7 @@ say "server at $url"
 mkdir -p "$(dirname "$screenshot")"
 status=0
 python3 scripts/browser_test.py --url "$url" --image examples/chelsea.jpg \
-    --classes "cat,grass|lawn,wall,floor" --screenshot "$screenshot" --timeout "$timeout" || status=$?
+    --classes "cat,grass|lawn,wall,floor" --token "$token" --screenshot "$screenshot" --timeout "$timeout" || status=$?
 if [ "$status" -ne 0 ]; then
     say "server log (last lines):"; tail -5 "$log" >&2
 fi

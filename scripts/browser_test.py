@@ -143,6 +143,7 @@ def main():
     ap.add_argument("--search-text", default=None, help="default: the first class name")
     ap.add_argument("--screenshot", default=None, help="PNG of the page after segmenting")
     ap.add_argument("--search-screenshot", default=None, help="PNG of the page after searching")
+    ap.add_argument("--token", default="", help="the server's --token: typed into #token")
     ap.add_argument("--timeout", type=float, default=120, help="seconds for the whole run")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
@@ -164,6 +165,7 @@ def run(args, started):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     deadline = started + args.timeout
     checks = 0
@@ -203,7 +205,7 @@ def run(args, started):
     try:
         driver.set_page_load_timeout(max(5, deadline - time.monotonic()))
         driver.set_script_timeout(30)
-        steps(driver, args, ok, wait, image, pic_w, pic_h, names, By, ActionChains)
+        steps(driver, args, ok, wait, image, pic_w, pic_h, names, By, ActionChains, Keys)
         return checks
     except WebDriverException as e:
         raise Failure("webdriver: " + (e.msg or str(e)).splitlines()[0])
@@ -211,7 +213,7 @@ def run(args, started):
         driver.quit()
 
 
-def steps(driver, args, ok, wait, image, pic_w, pic_h, names, By, ActionChains):
+def steps(driver, args, ok, wait, image, pic_w, pic_h, names, By, ActionChains, Keys):
     el = lambda i: driver.find_element(By.ID, i)
     js = driver.execute_script
     error_text = lambda: el("error").text.strip()
@@ -227,6 +229,12 @@ def steps(driver, args, ok, wait, image, pic_w, pic_h, names, By, ActionChains):
     if js("return document.getElementById('options').open"):
         raise Failure("the options section is open at start (should be collapsed)")
     ok("page has every control id; options collapsed")
+    if args.token:
+        # a server with a token: /v1/info fails until the token is typed (then the page asks again)
+        wait("the token request", lambda: "token" in error_text(), 30)
+        el("token").send_keys(args.token + Keys.TAB)
+        wait("/v1/info with the token", lambda: not error_text() and "token required" in el("info").text, 30)
+        ok("token: asked for, typed, accepted")
     wait("/v1/info (#info)", lambda: el("info").text.strip() not in ("", "connecting…"), 30)
     if error_text():
         raise Failure("error line after loading: " + error_text())

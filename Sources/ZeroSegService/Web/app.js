@@ -167,7 +167,7 @@
   function showInfo(info) {
     const parts = ["zeroseg " + (info.zeroseg_version || "?")];
     const m = info.model || {};
-    if (m.source) parts.push("model " + m.source + (m.synthetic ? " (synthetic)" : ""));
+    if (m.source) parts.push("model " + m.source + (m.synthetic ? " (synthetic weights: meaningless labels)" : ""));
     if (info.index) {
       const ix = info.index;
       parts.push("index " + (ix.images != null ? ix.images + " pictures" : ix.path) +
