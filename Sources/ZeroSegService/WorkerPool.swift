@@ -35,7 +35,7 @@ final class WorkerPool: @unchecked Sendable {
         self.workers = workers
         self.queueDepth = queueDepth
         for i in 0..<workers {
-            let t = Thread { [unowned self] in self.loop() }
+            let t = Thread { self.loop() }  // the pool lives until its threads end (after stop())
             t.name = "zeroseg-worker-\(i)"
             t.stackSize = 16 << 20
             threads.append(t)

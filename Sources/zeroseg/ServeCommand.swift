@@ -67,6 +67,9 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let o = serviceOptions()
+        if o.bindsBeyondLoopback {
+            printErr("warning: binding \(o.host): the server is reachable from the network\(o.token == nil ? " with no --token" : "")")
+        }
         let idx = try index.map { try EmbeddingIndex.open(at: URL(fileURLWithPath: $0)) }
         var modelOptions = options
         if modelOptions.model == nil, let idx { modelOptions.model = idx.identity.source }
@@ -74,9 +77,6 @@ struct Serve: ParsableCommand {
         let model = try modelOptions.load()
         let loadSeconds = clock.lap()
         let service = try ZeroSegService(model: model, index: idx, options: o, modelLoadSeconds: loadSeconds)
-        if o.bindsBeyondLoopback {
-            printErr("warning: binding \(o.host): the server is reachable from the network\(o.token == nil ? " with no --token" : "")")
-        }
         if model.isSynthetic { printErr("warning: serving SYNTHETIC random weights: the labels are meaningless") }
         let host = o.host.contains(":") ? "[\(o.host)]" : o.host
         let outcome = Locked<Result<Void, any Error>?>(nil)

@@ -71,6 +71,9 @@ let flagOfParameter: [String: String] = [
     "weightDecay": "--weight-decay", "contextLength": "--ctx", "contextPhrase": "--ctx-init",
     "stopAfterEpochs": "--stop-after-epochs", "revision": "--revision", "mode": "--mode", "proposals": "--save-proposals",
     "k": "--top", "negatives": "--not",
+    "maxUploadBytes": "--max-upload-bytes", "maxPixels": "--max-pixels", "maxClasses": "--max-classes", "maxTexts": "--max-texts",
+    "maxImages": "--max-images", "workers": "--workers", "queueDepth": "--queue", "requestTimeout": "--request-timeout",
+    "shutdownTimeout": "--shutdown-timeout", "port": "--port", "threads": "--threads", "token": "--token",
 ]
 
 /// A library error as the command line says it: a bad parameter is named by its flag.

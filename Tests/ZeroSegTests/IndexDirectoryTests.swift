@@ -275,7 +275,9 @@ final class SpawnedCLI {
     let pid: pid_t
     private var status: Status?
 
-    init(_ args: [String]) throws {
+    /// `stderr`: a file that gets the child's standard error (else /dev/null); `directory`: its
+    /// working directory; `environment`: added to (or, with "", removed from) this process's.
+    init(_ args: [String], stderr: String? = nil, directory: String? = nil, environment: [String: String] = [:]) throws {
         let exe = zerosegExecutable()
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
@@ -290,15 +292,18 @@ final class SpawnedCLI {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        let argv = ([exe.path] + args).map { strdup($0) } + [nil]
+        posix_spawn_file_actions_addopen(&actions, 2, stderr ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        // In another working directory: through sh's `cd`, then exec (the same process id).
+        let command = directory.map { ["/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", $0, exe.path] } ?? [exe.path]
+        let argv = (command + args).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var env = ProcessInfo.processInfo.environment
         env["XDG_CACHE_HOME"] = temporaryDirectory("zeroseg-cli-cache").path
+        for (k, v) in environment { env[k] = v.isEmpty ? nil : v }
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { envp.forEach { free($0) } }
         var p: pid_t = 0
-        let rc = posix_spawn(&p, exe.path, &actions, &attr, argv, envp)
+        let rc = posix_spawn(&p, command[0], &actions, &attr, argv, envp)
         guard rc == 0 else { throw ZeroSegError("posix_spawn: \(String(cString: strerror(rc)))") }
         pid = p
     }
