@@ -34,12 +34,13 @@ say() { echo "browser-test.sh: $*" >&2; }
 # ---- tools
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     say "installing chromium and chromium-driver"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 if ! python3 -c 'import selenium' 2>/dev/null; then
     say "installing selenium"
-    python3 -m pip install -q selenium
+    python3 -m pip install -q "selenium==4.51.0"
 fi
 
 # ---- zeroseg, the model, the index

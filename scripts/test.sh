@@ -7,7 +7,8 @@
 # Everything: the whole suite once; the package in examples/library-usage, which uses the library
 # by path as a dependency, built and run; then the same built tests again under conditions that
 # must not change any result: the portable element-wise kernels (ZEROSEG_KERNELS=portable), one
-# OpenBLAS thread, every library default at one thread, two copies at once (scripts/test-conditions.sh).
+# OpenBLAS thread, every library default at one thread, two copies at once (scripts/test-conditions.sh);
+# last, the served web page in headless Chromium (scripts/browser-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ZEROSEG_SKIP_BUILD=1 bash scripts/setup.sh
@@ -29,4 +30,11 @@ ZEROSEG_KERNELS=portable swift test -c release --skip-build > "$log" 2>&1 || { c
 echo "portable kernels: $(grep -E '^(✔|✘) Test run with' "$log" | tail -1)" >&2
 
 bash scripts/test-conditions.sh
+
+# The web page of `zeroseg serve` in headless Chromium (installs chromium and selenium when
+# missing; ZEROSEG_SKIP_BROWSER=1 skips it).
+if [ "${ZEROSEG_SKIP_BROWSER:-0}" != 1 ]; then
+  echo "== the web page in headless Chromium (scripts/browser-test.sh)" >&2
+  ZEROSEG_BIN=.build/release/zeroseg bash scripts/browser-test.sh >&2
+fi
 echo "$summary"

@@ -56,6 +56,7 @@ struct RequestForm: Sendable {
         guard (1...70).contains(boundary.utf8.count) else {
             throw APIError(.badRequest, "malformed multipart body: the boundary must have 1 to 70 characters")
         }
+        try checkPartHeaderNames(body, boundary: boundary)
         let parser = MultipartParser(boundary: boundary)
         var fields: [FormField] = []
         var headers: [(String, String)] = []
@@ -98,6 +99,53 @@ struct RequestForm: Sendable {
             else if let l = try? c.decode([JSONValue].self) { self = .list(l) }
             else { self = .object }
         }
+    }
+
+    /// MultipartKit 4.7.1 traps on a byte >= 0x80 in a part's header name (it looks each byte up
+    /// in a 128-entry table), so such a body is refused before it reaches the parser: every
+    /// header block after a `--boundary` line may have only ASCII bytes before each line's colon.
+    static func checkPartHeaderNames(_ body: ByteBuffer, boundary: String) throws {
+        let bytes = body.readableBytesView
+        let mark = Array("--\(boundary)".utf8)
+        var i = bytes.startIndex
+        while let start = firstIndex(of: mark, in: bytes, from: i) {
+            var j = start + mark.count
+            i = j
+            // the rest of the boundary line, then header lines up to an empty line
+            guard let eol = firstIndex(of: [13, 10], in: bytes, from: j) else { return }
+            j = eol + 2
+            // As the parser reads: a line ends at CR LF only (a bare LF stays in a value, but a
+            // name is checked after it too, to be safe); an empty line ends the headers.
+            var inName = true, lineStart = true, previous: UInt8 = 0
+            while j < bytes.endIndex {
+                let b = bytes[j]
+                j += 1
+                defer { previous = b }
+                if lineStart && b == 13 { break }  // the empty line: the part's body follows
+                if b == 10 { inName = true; lineStart = previous == 13; continue }
+                lineStart = false
+                if b == UInt8(ascii: ":") {
+                    inName = false
+                } else if inName && b >= 0x80 {
+                    throw APIError(.badRequest, "malformed multipart body: a part's header name is not ASCII")
+                }
+            }
+            i = max(i, j)
+        }
+    }
+
+    private static func firstIndex(of needle: [UInt8], in hay: ByteBufferView, from: Int) -> Int? {
+        guard !needle.isEmpty, from <= hay.endIndex - needle.count else { return nil }
+        var k = from
+        while k <= hay.endIndex - needle.count {
+            if hay[k] == needle[0] {
+                var m = 1
+                while m < needle.count && hay[k + m] == needle[m] { m += 1 }
+                if m == needle.count { return k }
+            }
+            k += 1
+        }
+        return nil
     }
 
     static func parseJSON(_ body: ByteBuffer, fileFields: Set<String>) throws -> RequestForm {

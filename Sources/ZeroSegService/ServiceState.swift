@@ -77,7 +77,14 @@ struct ServiceMiddleware<Context: RequestContext>: RouterMiddleware {
             response = APIError(.unauthorized, "missing or wrong bearer token (Authorization: Bearer TOKEN)").response
         } else {
             do { response = try await next(request, context) } catch let e as HTTPError where e.status == .notFound && e.body == nil {
-                response = APIError(.notFound, "no route \(request.method.rawValue) \(request.uri.path.prefix(200))").response
+                let allowed = ZeroSegService.methods(of: request.uri.path)
+                if allowed.isEmpty {
+                    response = APIError(.notFound, "no route \(request.method.rawValue) \(request.uri.path.prefix(200))").response
+                } else {
+                    let allow = allowed.map { $0.uppercased() }.joined(separator: ", ")
+                    response = APIError(.methodNotAllowed, "\(request.method.rawValue.prefix(20)) \(request.uri.path): use \(allow)").response
+                    response.headers[.allow] = allow
+                }
             } catch {
                 response = APIError.from(error, retryAfter: retry).response
             }

@@ -17,6 +17,9 @@ enum PoolRefusal: Error, Equatable {
 /// for other requests (health checks, metrics, refusals).
 final class WorkerPool: @unchecked Sendable {
     private final class Ticket: @unchecked Sendable {
+        // The job and its answer, held only while the ticket waits or runs: the ticket is owned by
+        // the queue, then by the worker running it, and freed after (the deadline holds it weakly,
+        // so an answered request's upload is not kept until its timeout).
         let work: () -> Void                   // runs the job and answers with its result
         let refuse: (PoolRefusal) -> Void      // answers with a refusal instead
         var started = false
@@ -79,11 +82,12 @@ final class WorkerPool: @unchecked Sendable {
             }
             if case .failure(let refusal) = admitted { once.set(.failure(refusal)); return }
             let deadline = DispatchTime.now() + timeout
-            DispatchQueue.global().asyncAfter(deadline: deadline) { [weak self] in
+            DispatchQueue.global().asyncAfter(deadline: deadline) { [weak self, weak ticket] in
+                guard let ticket else { return }  // done and freed: answered already
                 self?.condition.withLock {
                     if !ticket.started, let i = self?.queue.firstIndex(where: { $0 === ticket }) { self?.queue.remove(at: i) }
                 }
-                once.set(.failure(PoolRefusal.timedOut(seconds: timeout)))
+                ticket.refuse(.timedOut(seconds: timeout))
             }
         }
     }
@@ -108,7 +112,12 @@ private final class Once<Value>: @unchecked Sendable {
     private var done = false
     var onValue: ((Value) -> Void)?
     func set(_ v: Value) {
-        let go: Bool = lock.withLock { if done { return false }; done = true; return true }
-        if go { onValue?(v) }
+        let handler: ((Value) -> Void)? = lock.withLock {
+            if done { return nil }
+            done = true
+            defer { onValue = nil }
+            return onValue
+        }
+        handler?(v)
     }
 }

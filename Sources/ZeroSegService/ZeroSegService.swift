@@ -72,6 +72,15 @@ public final class ZeroSegService: Sendable {
         ("get", "/v1/info"), ("post", "/v1/segment"), ("post", "/v1/embed"), ("post", "/v1/search"), ("get", "/v1/images/{id}"),
     ]
 
+    /// The methods `routes` answers at `path` ("{id}" matches one segment); empty: no such path.
+    static func methods(of path: String) -> [String] {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        return routes.filter { r in
+            let t = r.path.split(separator: "/", omittingEmptySubsequences: false)
+            return t.count == parts.count && zip(t, parts).allSatisfy { $0 == "{id}" ? !$1.isEmpty : $0 == $1 }
+        }.map(\.method)
+    }
+
     // MARK: Running
 
     /// Binds `options.host:options.port` and serves until SIGTERM or SIGINT (or `shutdown()`):

@@ -254,6 +254,7 @@ private func pngHeader(width: UInt32, height: UInt32, withData: Bool) -> Data {
     #expect(throws: ZeroSegError.self) { try RGBImage.decode(data: Data(jpeg)) }
     do { _ = try RGBImage.decode(data: Data(jpeg)) } catch let e as ZeroSegError {
         #expect(e.message.contains("65000x65000") && e.message.contains("decompression bomb"), "\(e.message)")
+        #expect(e.kind == .limitExceeded)
     }
     // The limit is inclusive and can be changed.
     let data = try Data(contentsOf: fixture("inputs/png_rgb_97x61.png"))

@@ -384,6 +384,21 @@ import ZeroSegTestSupport
         }
     }
 
+    /// The service's class-embedding cache: what was stored is read from memory (the file may be
+    /// gone), at most `memoryEntries` are kept, oldest out first.
+    @Test func textCacheInMemory() throws {
+        let root = temporaryDirectory("svc-mem-cache")
+        let cache = TextEmbeddingCache(model: Self.model, root: root, memoryEntries: 2)
+        let dim = Self.model.config.projectionDim
+        for (i, name) in ["a", "b", "c"].enumerated() { cache.store([Float](repeating: Float(i + 1), count: dim), name: name, templates: ["{}"]) }
+        #expect(cache.memoryCount == 2)
+        try FileManager.default.removeItem(at: root)
+        #expect(cache.load(name: "c", templates: ["{}"])?.first == 3)
+        #expect(cache.load(name: "b", templates: ["{}"])?.first == 2)
+        #expect(cache.load(name: "a", templates: ["{}"]) == nil)  // evicted from memory, gone from disk
+        #expect(cache.load(name: "c", templates: ["other {}"]) == nil)
+    }
+
     /// Limits are checked when the service is made (a library error naming the parameter).
     @Test func limitsValidated() throws {
         #expect(throws: ZeroSegError.invalidArgument("the upload limit must be between 1 KiB and 1 GiB", parameter: "maxUploadBytes")) {
@@ -393,5 +408,94 @@ import ZeroSegTestSupport
         #expect(throws: ZeroSegError.self) { try Self.service { $0.limits.maxClasses = 300 } }
         var o = ServiceOptions(); #expect(!o.bindsBeyondLoopback)
         o.host = "0.0.0.0"; #expect(o.bindsBeyondLoopback)
+    }
+}
+
+/// The request-body reader never traps, whatever the bytes (MultipartKit 4.7.1 traps on a
+/// non-ASCII header name: refused before it gets there).
+@Suite struct RequestFormTests {
+    static let boundary = "b"
+    static var ctype: String { "multipart/form-data; boundary=\(boundary)" }
+
+    @Test func nonASCIIHeaderNameIs400() throws {
+        // schemathesis' reproducer: a part header whose name starts with 0xFF
+        let body = ByteBuffer(bytes: Array("--b\r\n".utf8) + [0xFF] + Array("X: y\r\n\r\nv\r\n--b--\r\n".utf8))
+        #expect(throws: APIError.self) { try RequestForm.parse(body, contentType: Self.ctype, fileFields: []) }
+        do { _ = try RequestForm.parse(body, contentType: Self.ctype, fileFields: []) } catch let e as APIError {
+            #expect(e.status == .badRequest && e.message.contains("header name is not ASCII"))
+        }
+        // non-ASCII in a header value (a UTF-8 file name) is fine
+        let ok = ByteBuffer(bytes: Array("--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"café.png\"\r\n\r\nv\r\n--b--\r\n".utf8))
+        let form = try RequestForm.parse(ok, contentType: Self.ctype, fileFields: ["image"])
+        #expect(form.fields.first?.filename == "café.png" && form.fields.first?.bytes == Array("v".utf8))
+    }
+
+    /// 30,000 mutations of a valid body (bytes replaced, inserted, deleted, cut), seeded: every
+    /// one parses or is a 400 APIError, never a trap.
+    @Test func mutatedBodiesNeverTrap() {
+        let valid = Array("--b\r\nContent-Disposition: form-data; name=\"classes\"\r\n\r\ncat,dog\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n\u{1}\u{2}\u{3}\r\n--b--\r\n".utf8)
+        var rng = SplitMix64(seed: 15)
+        var parsed = 0, refused = 0
+        for _ in 0..<30_000 {
+            var b = valid
+            for _ in 0..<(1 + Int(rng.next() % 4)) {
+                let at = Int(rng.next() % UInt64(b.count))
+                switch rng.next() % 4 {
+                case 0: b[at] = UInt8(truncatingIfNeeded: rng.next())
+                case 1: b.insert(UInt8(truncatingIfNeeded: rng.next()) | (rng.next() % 2 == 0 ? 0x80 : 0), at: at)
+                case 2: b.remove(at: at)
+                default: b = Array(b.prefix(at))
+                }
+                if b.isEmpty { b = [0] }
+            }
+            do { _ = try RequestForm.parse(ByteBuffer(bytes: b), contentType: Self.ctype, fileFields: ["image"]); parsed += 1 } catch let e as APIError {
+                #expect(e.status == .badRequest); refused += 1
+            } catch { Issue.record("not an APIError: \(error)") }
+        }
+        #expect(parsed > 100 && refused > 100, "parsed \(parsed), refused \(refused)")
+    }
+
+    @Test func wrongMethodIs405() async throws {
+        try await ServiceTests.test(try ServiceTests.service()) { client in
+            let r = try await client.execute(uri: "/v1/segment", method: .get)
+            try ServiceTests.expectError(r, .methodNotAllowed, containing: "use POST")
+            #expect(r.headers[.allow] == "POST")
+            try ServiceTests.expectError(try await client.execute(uri: "/v1/images/3", method: .delete), .methodNotAllowed, containing: "use GET")
+        }
+    }
+}
+
+/// Answered requests do not keep their uploads: the pool holds a job only while it waits or
+/// runs (not until its timeout).
+@Suite struct WorkerPoolTests {
+    final class Payload: Sendable { let bytes = [UInt8](repeating: 1, count: 1 << 20) }
+
+    @Test func answeredJobsAreFreed() async throws {
+        let pool = WorkerPool(workers: 1, queueDepth: 4)
+        defer { pool.stop() }
+        weak var watched: Payload?
+        do {
+            let p = Payload()
+            watched = p
+            let n = try await pool.run(timeout: 600) { p.bytes.count }
+            #expect(n == 1 << 20)
+        }
+        // The worker may still be letting go of the ticket: bounded wait.
+        let deadline = Date().addingTimeInterval(10)
+        while watched != nil && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(watched == nil, "the answered job's data is still held")
+    }
+
+    @Test func fullAndStopped() async throws {
+        let pool = WorkerPool(workers: 1, queueDepth: 0)
+        let gate = DispatchSemaphore(value: 0)
+        let first = Task { try await pool.run(timeout: 600) { gate.wait(); return 1 } }
+        let deadline = Date().addingTimeInterval(10)
+        while pool.busy == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        await #expect(throws: PoolRefusal.full) { try await pool.run(timeout: 600) { 2 } }
+        gate.signal()
+        #expect(try await first.value == 1)
+        pool.stop()
+        await #expect(throws: PoolRefusal.stopped) { try await pool.run(timeout: 600) { 3 } }
     }
 }
