@@ -95,17 +95,7 @@ private func hsvToRGB8(h: Double, s: Double, v: Double) -> (UInt8, UInt8, UInt8)
 public func writeLabelPNG(labels: [UInt8], width: Int, height: Int, palette: [(UInt8, UInt8, UInt8)],
                           to url: URL) throws {
     let what = "label PNG"
-    try checkPNGSize(width: width, height: height, what: what, url: url)
-    guard labels.count == width * height else {
-        throw ZeroSegError("cannot write \(what) \(url.path): \(labels.count) labels for a \(width)x\(height) picture")
-    }
-    guard palette.count <= 255 else {
-        throw ZeroSegError("cannot write \(what) \(url.path): \(palette.count) palette colours, at most 255 (index 255 is the background)")
-    }
-    var plte = [UInt8](repeating: 0, count: 256 * 3)
-    for (i, c) in palette.enumerated() {
-        plte[3 * i] = c.0; plte[3 * i + 1] = c.1; plte[3 * i + 2] = c.2
-    }
+    let plte = try labelPalette(labels: labels, width: width, height: height, palette: palette, what: what, url: url)
     try writePNG(url, what: what, width: width, height: height, colorType: PNG_COLOR_TYPE_PALETTE,
                  plte: plte, pixels: labels)
 }
@@ -139,17 +129,7 @@ public func writeGreyPNG(_ samples: [UInt8], width: Int, height: Int, to url: UR
 /// `writeLabelPNG`'s file as bytes in memory.
 public func labelPNGData(labels: [UInt8], width: Int, height: Int, palette: [(UInt8, UInt8, UInt8)]) throws -> Data {
     let what = "label PNG"
-    try checkPNGSize(width: width, height: height, what: what, url: nil)
-    guard labels.count == width * height else {
-        throw ZeroSegError("cannot encode \(what): \(labels.count) labels for a \(width)x\(height) picture")
-    }
-    guard palette.count <= 255 else {
-        throw ZeroSegError("cannot encode \(what): \(palette.count) palette colours, at most 255 (index 255 is the background)")
-    }
-    var plte = [UInt8](repeating: 0, count: 256 * 3)
-    for (i, c) in palette.enumerated() {
-        plte[3 * i] = c.0; plte[3 * i + 1] = c.1; plte[3 * i + 2] = c.2
-    }
+    let plte = try labelPalette(labels: labels, width: width, height: height, palette: palette, what: what, url: nil)
     return try encodePNG(what: what, width: width, height: height, colorType: PNG_COLOR_TYPE_PALETTE, plte: plte, pixels: labels)
 }
 
@@ -185,6 +165,23 @@ private func encodePNG(what: String, width: Int, height: Int, colorType: Int32, 
         throw ZeroSegError("cannot encode \(what): \(text.isEmpty ? "libpng error" : text)")
     }
     return Data(bytesNoCopy: out, count: count, deallocator: .free)
+}
+
+/// A label map's checks and its 256-entry PLTE (unused entries and 255 black).
+private func labelPalette(labels: [UInt8], width: Int, height: Int, palette: [(UInt8, UInt8, UInt8)], what: String, url: URL?) throws -> [UInt8] {
+    try checkPNGSize(width: width, height: height, what: what, url: url)
+    let doing = url.map { "write \(what) \($0.path)" } ?? "encode \(what)"
+    guard labels.count == width * height else {
+        throw ZeroSegError("cannot \(doing): \(labels.count) labels for a \(width)x\(height) picture")
+    }
+    guard palette.count <= 255 else {
+        throw ZeroSegError("cannot \(doing): \(palette.count) palette colours, at most 255 (index 255 is the background)")
+    }
+    var plte = [UInt8](repeating: 0, count: 256 * 3)
+    for (i, c) in palette.enumerated() {
+        plte[3 * i] = c.0; plte[3 * i + 1] = c.1; plte[3 * i + 2] = c.2
+    }
+    return plte
 }
 
 private func checkPNGSize(width: Int, height: Int, what: String, url: URL?) throws {
