@@ -46,12 +46,10 @@ fi
 schemathesis --version >&2
 
 tmp=$(mktemp -d)
-server_pid=""
+who=api-fuzz
+source scripts/load/server.sh
 cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  kill_server
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -62,16 +60,7 @@ echo "api-fuzz: making the tiny random model and an index of examples/" >&2
 "$bin" index examples --out "$tmp/index" --model "$tmp/model" --regions grid >/dev/null 2>>"$tmp/setup.log" || { cat "$tmp/setup.log" >&2; exit 1; }
 
 log="$tmp/server.log"
-"$bin" serve --host 127.0.0.1 --port 0 --model "$tmp/model" --index "$tmp/index" >"$log" 2>&1 &
-server_pid=$!
-url=""
-for _ in $(seq 1 600); do   # at most 60 s
-  url=$(grep -o -m1 -E 'listening on http://127\.0\.0\.1:[0-9]+' "$log" | sed 's/^listening on //' || true)
-  [ -n "$url" ] && break
-  kill -0 "$server_pid" 2>/dev/null || { echo "api-fuzz: the server exited:" >&2; cat "$log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$url" ] || { echo "api-fuzz: no 'listening on' line within 60 s" >&2; cat "$log" >&2; exit 1; }
+start_server "$log" --model "$tmp/model" --index "$tmp/index"
 echo "api-fuzz: server at $url; schemathesis with at most $max_examples examples per operation, ${seconds} s at most" >&2
 
 # The document says servers: 127.0.0.1:8080; --url points schemathesis at this server instead.
@@ -118,11 +107,7 @@ EOF
   cat "$tmp/statuses.txt" >&2
   if grep -q '^BAD' "$tmp/statuses.txt"; then failures+=("$(grep '^BAD' "$tmp/statuses.txt")"); fi
 fi
-kill -TERM "$server_pid" 2>/dev/null || true
-for _ in $(seq 1 350); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-kill -KILL "$server_pid" 2>/dev/null || true
-wait "$server_pid" 2>/dev/null || true
-server_pid=""
+stop_server
 
 if [ -n "$report_dir" ]; then
   mkdir -p "$report_dir"

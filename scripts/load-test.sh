@@ -55,14 +55,12 @@ if ! command -v wrk >/dev/null; then
 fi
 
 tmp=$(mktemp -d)
-server_pid=""
 sampler_pid=""
+who=load-test
+source scripts/load/server.sh
 cleanup() {
   [ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null || true
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  kill_server
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -74,29 +72,6 @@ busy_compilers() { pgrep -c -x swift-frontend 2>/dev/null || true; }
 
 echo "load-test: making the tiny random model" >&2
 "$bin" weights synth --arch tiny --seed 0 --out "$tmp/model" >/dev/null 2>"$tmp/synth.log" || { cat "$tmp/synth.log" >&2; exit 1; }
-
-# Starts the server with queue depth $1; sets server_pid and url.
-start_server() {
-  local queue="$1" log="$2"
-  "$bin" serve --host 127.0.0.1 --port 0 --model "$tmp/model" --workers 1 --queue "$queue" >"$log" 2>&1 &
-  server_pid=$!
-  url=""
-  for _ in $(seq 1 600); do   # at most 60 s
-    url=$(grep -o -m1 -E 'listening on http://127\.0\.0\.1:[0-9]+' "$log" | sed 's/^listening on //' || true)
-    [ -n "$url" ] && return 0
-    kill -0 "$server_pid" 2>/dev/null || { echo "load-test: the server exited:" >&2; cat "$log" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "load-test: no 'listening on' line within 60 s:" >&2; cat "$log" >&2; exit 1
-}
-
-stop_server() {
-  kill -TERM "$server_pid" 2>/dev/null || true
-  for _ in $(seq 1 350); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done   # drain: at most 35 s
-  kill -KILL "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=""
-}
 
 segment_once() {
   curl -sS --max-time 120 -o /dev/null -w '%{http_code}' -F "image=@$image;type=image/jpeg" -F "classes=$classes" "$url/v1/segment" || echo 000
@@ -120,7 +95,7 @@ for s in $scenarios; do
   echo "load-test: scenario $s: 1 worker, --queue $queue, $connections connections, ${seconds} s" >&2
   load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   compilers_before=$(busy_compilers)
-  start_server "$queue" "$tmp/server-$s.log"
+  start_server "$tmp/server-$s.log" --model "$tmp/model" --workers 1 --queue "$queue"
   curl -sS --max-time 10 "$url/v1/info" >"$tmp/info-$s.json"
   for i in 1 2 3; do
     code=$(segment_once)
