@@ -40,6 +40,12 @@ let package = Package(
             name: "CKernels",
             linkerSettings: [.linkedLibrary("mvec"), .linkedLibrary("m")]
         ),
+        // Matrix products with pre-packed weights (fp32, bf16, u8·s8) through oneDNN (Debian
+        // libdnnl-dev, oneDNN 2.6; its threading runtime is libgomp), and the low-precision helpers.
+        .target(
+            name: "CMatmul",
+            linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp"), .linkedLibrary("m")]
+        ),
         // FAISS (Debian libfaiss-dev: a static C++ libfaiss.a, no C API symbols) behind a small C
         // API. libfaiss.a needs OpenMP (libgomp), BLAS and LAPACK (sgemm_, sgesvd_, ...: all in
         // libopenblas, the same OpenBLAS ZeroSegCore uses) and zlib for the file checksum; SwiftPM
@@ -50,7 +56,7 @@ let package = Package(
                              .linkedLibrary("z")]
         ),
         // The library, bottom to top (ARCHITECTURE.md): each target sees only the ones below it.
-        .target(name: "ZeroSegCore", dependencies: ["CKernels", "CBLAS"]),
+        .target(name: "ZeroSegCore", dependencies: ["CKernels", "CBLAS", "CMatmul"]),
         .target(name: "ZeroSegFormats", dependencies: ["ZeroSegCore", "CZlib"]),
         .target(name: "ZeroSegImaging",
                 dependencies: ["ZeroSegCore", "CJPEG", "CPNG", "CImageShim", "CFreeType", "CZlib"]),
@@ -97,7 +103,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ZeroSegTests",
-            dependencies: ["ZeroSeg", "ZeroSegTestSupport", "ZeroSegANN", "ZeroSegService",
+            dependencies: ["ZeroSeg", "ZeroSegTestSupport", "ZeroSegANN", "ZeroSegService", "CMatmul",
                            .product(name: "HummingbirdTesting", package: "hummingbird")],
             resources: [.copy("Fixtures")]
         ),

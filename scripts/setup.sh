@@ -3,7 +3,7 @@
 # Idempotent: a second run installs nothing and rebuilds only what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(libopenblas-dev libjpeg-dev libpng-dev libutf8proc-dev zlib1g-dev libvlfeat-dev pkg-config libfreetype-dev fonts-dejavu-core libsqlite3-dev libfaiss-dev)
+pkgs=(libopenblas-dev libjpeg-dev libpng-dev libutf8proc-dev zlib1g-dev libvlfeat-dev pkg-config libfreetype-dev fonts-dejavu-core libsqlite3-dev libfaiss-dev libdnnl-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -216,6 +216,10 @@ extension EncoderLayer {
         let q = scratch(.queries, pooled == nil ? 0 : ns * w)
         if pooled == nil {
             selfAttn.qkv(h.ptr, qkv.ptr, rows: rows)
+        } else if selfAttn.qkv.packing != nil {
+            // Packed weights are one [3W, W] product: q for every row too, the pooled rows' kept.
+            selfAttn.qkv(h.ptr, qkv.ptr, rows: rows)
+            for (si, r) in pooledRows.enumerated() { (q.ptr + si * w).update(from: qkv.ptr + r * 3 * w, count: w) }
         } else {
             let wqkv = selfAttn.qkv.weight, bqkv = selfAttn.qkv.bias
             linear(h.ptr, wqkv + w * w, bqkv.map { $0 + w }, qkv.ptr + w, m: rows, n: 2 * w, k: w, ldo: 3 * w)

@@ -60,12 +60,14 @@ extension CLIPModel {
         let omega = method == .naclip ? neighbourhoodBias(gh: gh, gw: gw, std: gaussianStd) : nil
         defer { withExtendedLifetime((h, qkv, a, omega)) {} }
         l.layerNorm1(x, h.ptr, rows: rows)
-        // Only the projections the method reads: qkv[rows, 3W] = q | k | v (unused parts not computed).
+        // Only the projections the method reads: qkv[rows, 3W] = q | k | v (unused parts not computed,
+        // unless the weights are packed: then all three in one product).
         let wq = l.selfAttn.qkv.weight, bq = l.selfAttn.qkv.bias
         func project(_ part: Int, _ count: Int) {
             linear(h.ptr, wq + part * w * w, bq.map { $0 + part * w }, qkv.ptr + part * w, m: rows, n: count * w, k: w, ldo: 3 * w)
         }
         switch method {
+        case _ where l.selfAttn.qkv.packing != nil: l.selfAttn.qkv(h.ptr, qkv.ptr, rows: rows)  // packed: one [3W, W] product
         case .maskclip: project(2, 1)
         case .naclip: project(1, 2)
         case .clearclip: project(0, 1); project(2, 1)

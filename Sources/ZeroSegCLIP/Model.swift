@@ -39,6 +39,10 @@ public final class CLIPModel: @unchecked Sendable {
     public let fingerprint: String
     /// Which naming the checkpoint used.
     public let layout: CheckpointLayout
+    /// The arithmetic of the encoders' linear layers (`Precision`).
+    public let precision: Precision
+    /// Keys caches of computed embeddings: `fingerprint`, with the precision appended unless fp32.
+    public var cacheKey: String { precision == .fp32 ? fingerprint : "\(fingerprint)-\(precision.rawValue)" }
     private let file: any TensorSource
     private let owned: [Buffer]
 
@@ -52,15 +56,22 @@ public final class CLIPModel: @unchecked Sendable {
     /// whose `tokenizer_config.json` names a tokenizer other than CLIP's. Every failure is a
     /// `ZeroSegError` of kind `.badModel` (or `.unsupported` for a configuration zeroseg does
     /// not implement).
-    public convenience init(directory: URL) throws {
+    ///
+    /// `precision`: the arithmetic of the encoders' linear layers; a precision this CPU lacks the
+    /// instructions for is refused (`.unsupported`; `Precision.resolve` picks one that runs).
+    /// The linear layers' weights are packed for it on first use.
+    public convenience init(directory: URL, precision: Precision = .fp32) throws {
+        guard precision.isSupported else {
+            throw ZeroSegError.unsupported("\(precision.rawValue) needs \(precision.requirement), which this CPU lacks")
+        }
         do {
-            try self.init(loading: directory)
+            try self.init(loading: directory, precision: precision)
         } catch let e as ZeroSegError where e.isGeneric {
             throw e.with(kind: .badModel)
         }
     }
 
-    init(loading directory: URL) throws {
+    init(loading directory: URL, precision: Precision) throws {
         let fm = FileManager.default
         let files = try CheckpointFiles(directory: directory)
         config = files.config
@@ -68,7 +79,8 @@ public final class CLIPModel: @unchecked Sendable {
         layout = files.layout
         fingerprint = Self.fingerprint(config: files.config, weights: files.weights)
         file = try files.open()
-        let r = WeightReader(file, layout: files.layout)
+        self.precision = precision
+        let r = WeightReader(file, layout: files.layout, packing: precision == .fp32 ? MatmulBackend.fp32.packing : precision)
         textModel = try TextModel(r, config.text)
         visionModel = try VisionModel(r, config.vision)
         textProjection = try r.take("text_projection.weight", [config.projectionDim, config.text.hiddenSize])

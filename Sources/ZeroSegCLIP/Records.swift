@@ -14,13 +14,16 @@ public struct ModelRecord: Codable, Sendable, Equatable {
     public var fingerprint: String
     /// Synthetic random weights (meaningless outputs).
     public var synthetic: Bool
+    /// The precision of the encoders' linear layers ("fp32", "bf16", "int8"); absent in records
+    /// made before it was recorded (they are fp32).
+    public var precision: String?
 
-    public init(source: String, fingerprint: String, synthetic: Bool) {
-        self.source = source; self.fingerprint = fingerprint; self.synthetic = synthetic
+    public init(source: String, fingerprint: String, synthetic: Bool, precision: String? = nil) {
+        self.source = source; self.fingerprint = fingerprint; self.synthetic = synthetic; self.precision = precision
     }
 
     public init(_ model: CLIPModel) {
-        self.init(source: model.source, fingerprint: model.fingerprint, synthetic: model.isSynthetic)
+        self.init(source: model.source, fingerprint: model.fingerprint, synthetic: model.isSynthetic, precision: model.precision.rawValue)
     }
 }
 
@@ -128,9 +131,12 @@ public struct BenchReport: Codable, Sendable, Equatable {
         public var msPerQuery: Double?
         public var recall: Double?
         public var bytesPerVector: Double?
-        public init(name: String, seconds: Double, flops: Double? = nil, sgemmRate: Double? = nil) {
+        /// The precision of the encoders' linear layers in this case (fp32 cases of older reports: absent).
+        public var precision: String?
+        public init(name: String, seconds: Double, flops: Double? = nil, sgemmRate: Double? = nil, precision: String? = nil) {
             self.name = name
             self.seconds = seconds
+            self.precision = precision
             if let flops, let sgemmRate {
                 let floor = flops / sgemmRate
                 floorSeconds = floor; ratioToFloor = seconds / floor; gflop = flops / 1e9
@@ -139,6 +145,7 @@ public struct BenchReport: Codable, Sendable, Equatable {
         enum CodingKeys: String, CodingKey {
             case name = "case", seconds, floorSeconds = "floor_seconds", ratioToFloor = "ratio_to_floor", gflop
             case imagesPerSecond = "images_per_second", vectors, msPerQuery = "ms_per_query", recall, bytesPerVector = "bytes_per_vector"
+            case precision
         }
     }
 
@@ -153,6 +160,10 @@ public struct BenchReport: Codable, Sendable, Equatable {
     public var kernels: String
     /// The kernel set OpenBLAS chose before zeroseg replaced it (nil: not replaced).
     @Nullable public var openblasKernelsReplaced: String?
+    /// Each low precision against fp32 (the `accuracy` case); absent when not run.
+    public var accuracy: [PrecisionAccuracy]?
+    /// oneDNN's version and the ISA it runs with (dnnl_cpu_isa_t, hex); absent in older reports.
+    public var onednn: String?
 
     public init(header: RecordHeader, settings: Settings, sgemmGflops: Double, cases: [Case], peakRSSBytes: Int,
                 openblasKernels: String, openblasKernelsReplaced: String?, kernels: String) {
@@ -165,6 +176,7 @@ public struct BenchReport: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case settings, sgemmGflops = "sgemm_gflops", cases, peakRSSBytes = "peak_rss_bytes",
              openblasKernels = "openblas_kernels", openblasKernelsReplaced = "openblas_kernels_replaced", kernels
+        case accuracy, onednn
     }
     public init(from decoder: any Decoder) throws {
         header = try RecordHeader(from: decoder)
@@ -176,6 +188,8 @@ public struct BenchReport: Codable, Sendable, Equatable {
         openblasKernels = try c.decode(String.self, forKey: .openblasKernels)
         kernels = try c.decode(String.self, forKey: .kernels)
         _openblasKernelsReplaced = try c.decode(Nullable<String>.self, forKey: .openblasKernelsReplaced)
+        accuracy = try c.decodeIfPresent([PrecisionAccuracy].self, forKey: .accuracy)
+        onednn = try c.decodeIfPresent(String.self, forKey: .onednn)
     }
     public func encode(to encoder: any Encoder) throws {
         try header.encode(to: encoder)
@@ -187,6 +201,8 @@ public struct BenchReport: Codable, Sendable, Equatable {
         try c.encode(openblasKernels, forKey: .openblasKernels)
         try c.encode(kernels, forKey: .kernels)
         try c.encode(_openblasKernelsReplaced, forKey: .openblasKernelsReplaced)
+        try c.encodeIfPresent(accuracy, forKey: .accuracy)
+        try c.encodeIfPresent(onednn, forKey: .onednn)
     }
 }
 

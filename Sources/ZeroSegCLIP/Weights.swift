@@ -12,12 +12,16 @@ import ZeroSegText
 final class WeightReader {
     let file: any TensorSource
     let layout: CheckpointLayout
+    /// The precision the encoders' linear layers are packed for (oneDNN, on first use); nil:
+    /// they run on the fp32 weights with OpenBLAS.
+    let packing: Precision?
     private(set) var taken = Set<String>()
     var owned: [Buffer] = []
 
-    init(_ file: any TensorSource, layout: CheckpointLayout = .huggingFace) {
+    init(_ file: any TensorSource, layout: CheckpointLayout = .huggingFace, packing: Precision? = nil) {
         self.file = file
         self.layout = layout
+        self.packing = packing
     }
 
     /// A float tensor of the given shape, by its Hugging Face name.
@@ -104,25 +108,32 @@ final class WeightReader {
     }
 }
 
-/// nn.Linear: weight [out, in], optional bias [out].
+/// nn.Linear: weight [out, in], optional bias [out]. The fp32 weights stay as loaded (the
+/// backward passes and the fallback read them); with `packing`, forward products run on a copy
+/// packed for oneDNN at the model's precision, made on first use.
 public struct Linear: @unchecked Sendable {
     public let weight: ConstFloatPtr
     public let bias: ConstFloatPtr?
     public let outFeatures: Int, inFeatures: Int
+    public let packing: LazyPackedWeights?
 
     init(_ r: WeightReader, _ prefix: String, out: Int, in inF: Int, bias hasBias: Bool = true) throws {
-        weight = try r.take("\(prefix).weight", [out, inF])
-        bias = hasBias ? try r.take("\(prefix).bias", [out]) : nil
-        outFeatures = out; inFeatures = inF
+        let w = try r.take("\(prefix).weight", [out, inF])
+        self.init(weight: w, bias: hasBias ? try r.take("\(prefix).bias", [out]) : nil, out: out, in: inF, packing: r.packing)
     }
 
-    init(weight: ConstFloatPtr, bias: ConstFloatPtr?, out: Int, in inF: Int) {
+    init(weight: ConstFloatPtr, bias: ConstFloatPtr?, out: Int, in inF: Int, packing: Precision?) {
         self.weight = weight; self.bias = bias; outFeatures = out; inFeatures = inF
+        self.packing = packing.map { LazyPackedWeights(weight, out: out, in: inF, precision: $0) }
     }
 
-    /// out[M, out] = x[M, in] · Wᵀ + b
-    package func callAsFunction(_ x: ConstFloatPtr, _ out: FloatPtr, rows: Int, accumulate: Bool = false) {
-        ZeroSegCore.linear(x, weight, bias, out, m: rows, n: outFeatures, k: inFeatures, accumulate: accumulate)
+    /// out[M, out] = x[M, in] · Wᵀ + b (accumulate: out += ...); `ldo`: out's row stride.
+    package func callAsFunction(_ x: ConstFloatPtr, _ out: FloatPtr, rows: Int, ldo: Int? = nil, accumulate: Bool = false) {
+        if let packed = packing?.packed {
+            packed.linear(x, bias, out, m: rows, ldo: ldo, accumulate: accumulate)
+        } else {
+            ZeroSegCore.linear(x, weight, bias, out, m: rows, n: outFeatures, k: inFeatures, ldo: ldo, accumulate: accumulate)
+        }
     }
 }
 
@@ -151,7 +162,7 @@ public struct Attention: @unchecked Sendable {
 
     init(_ r: WeightReader, _ prefix: String, width w: Int, heads: Int) throws {
         let (wt, b) = try r.qkv(prefix, width: w)
-        qkv = Linear(weight: wt, bias: b, out: 3 * w, in: w)
+        qkv = Linear(weight: wt, bias: b, out: 3 * w, in: w, packing: r.packing)
         outProj = try Linear(r, "\(prefix).out_proj", out: w, in: w)
         self.heads = heads
     }

@@ -12,26 +12,31 @@ public enum ModelResolver {
     /// The model used when none is named.
     public static let defaultModel = "openai/clip-vit-base-patch16"
 
-    public static func load(_ name: String?, warn: (String) -> Void) throws -> CLIPModel {
-        try load(name, environment: ProcessInfo.processInfo.environment, warn: warn)
+    /// `precision`: the arithmetic of the encoders' linear layers; one this CPU cannot run gives
+    /// fp32 and a one-line notice through `warn` (`Precision.resolve`).
+    public static func load(_ name: String?, precision: Precision = .fp32, warn: (String) -> Void) throws -> CLIPModel {
+        try load(name, environment: ProcessInfo.processInfo.environment, precision: precision, warn: warn)
     }
 
-    /// As `load(_:warn:)`, reading `ZEROSEG_MODEL`, `HF_*`, `HOME` and `XDG_CACHE_HOME` from `environment`.
+    /// As `load(_:precision:warn:)`, reading `ZEROSEG_MODEL`, `HF_*`, `HOME` and `XDG_CACHE_HOME` from `environment`.
     /// Errors are of kind `.badModel` (or `.unsupported`, `.io`).
-    public static func load(_ name: String?, environment env: [String: String], warn: (String) -> Void) throws -> CLIPModel {
-        try classifyingErrors(as: .badModel) { try loading(name, environment: env, warn: warn) }
+    public static func load(_ name: String?, environment env: [String: String], precision: Precision = .fp32,
+                            warn: (String) -> Void) throws -> CLIPModel {
+        let (p, notice) = Precision.resolve(precision)
+        if let notice { warn(notice) }
+        return try classifyingErrors(as: .badModel) { try loading(name, environment: env, precision: p, warn: warn) }
     }
 
-    static func loading(_ name: String?, environment env: [String: String], warn: (String) -> Void) throws -> CLIPModel {
-        if let name, !name.isEmpty { return try CLIPModel(directory: directory(named: name, environment: env, warn: warn)) }
-        if let m = env["ZEROSEG_MODEL"], !m.isEmpty { return try CLIPModel(directory: directory(named: m, environment: env, warn: warn)) }
+    static func loading(_ name: String?, environment env: [String: String], precision p: Precision, warn: (String) -> Void) throws -> CLIPModel {
+        if let name, !name.isEmpty { return try CLIPModel(directory: directory(named: name, environment: env, warn: warn), precision: p) }
+        if let m = env["ZEROSEG_MODEL"], !m.isEmpty { return try CLIPModel(directory: directory(named: m, environment: env, warn: warn), precision: p) }
         let why: String
         do {
-            return try CLIPModel(directory: defaultDirectory(env, warn))
+            return try CLIPModel(directory: defaultDirectory(env, warn), precision: p)
         } catch {
             why = errorText(error)
         }
-        return try CLIPModel(directory: synthetic(why: why, env, warn))
+        return try CLIPModel(directory: synthetic(why: why, env, warn), precision: p)
     }
 
     /// Where the model is, and whether it is the synthetic fallback.

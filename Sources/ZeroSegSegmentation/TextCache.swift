@@ -21,7 +21,7 @@ public final class TextEmbeddingCache: @unchecked Sendable {
     private var order: [String] = []  // insertion order, oldest first
 
     public init(model: CLIPModel, root: URL = CacheDirectory.url().appendingPathComponent("text"), memoryEntries: Int = 0) {
-        directory = root.appendingPathComponent(model.fingerprint)
+        directory = root.appendingPathComponent(model.cacheKey)
         dim = model.config.projectionDim
         self.memoryEntries = max(0, memoryEntries)
     }
@@ -77,7 +77,7 @@ public final class FeatureCache: @unchecked Sendable {
 
     public init(model: CLIPModel, options o: SegmentationOptions,
                 root: URL = CacheDirectory.url().appendingPathComponent("features")) {
-        directory = root.appendingPathComponent(model.fingerprint)
+        directory = root.appendingPathComponent(model.cacheKey)
         dim = model.config.projectionDim
         settingsKey = "\(o.method.rawValue)|\(o.shortSide)|\(o.window)|\(o.stride)|\(o.useWindows)|\(o.gaussianStd)"
     }

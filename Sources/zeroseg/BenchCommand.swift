@@ -22,8 +22,11 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also write the results as JSON to this file.")
     var json: String?
 
-    @Option(help: "Comma-separated cases to run: image, text, segment, pamr, folder, vpt_step, tune_text_step, index, search (default: the first five).")
+    @Option(help: "Comma-separated cases to run: image, text, segment, pamr, folder, vpt_step, tune_text_step, index, search, accuracy (default: the first five).")
     var cases: String = "image,text,segment,pamr,folder"
+
+    @Option(help: "Precisions of the image, text and segment cases, comma-separated (fp32, bf16, int8; default: --precision). Cases at bf16 / int8 are named with the suffix [bf16] / [int8]; the accuracy case compares each of them with fp32. A precision this CPU cannot run is left out, with a notice.")
+    var precisions: String?
 
     @Option(help: "Batch sizes of the vpt_step case (comma-separated).")
     var vptBatches: String = "1,8"
@@ -44,6 +47,9 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
+        if let precisions, parsedPrecisions == nil {
+            throw ValidationError("--precisions \"\(precisions)\": use comma-separated fp32, bf16, int8, each once")
+        }
         let unknown = selected.subtracting(Self.allCases)
         guard unknown.isEmpty else { throw ValidationError("unknown --cases \(unknown.sorted().joined(separator: ", ")): use \(Self.allCases.sorted().joined(separator: ", "))") }
         guard folderImages >= 1 else { throw ValidationError("--folder-images must be at least 1") }
@@ -53,7 +59,15 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
-    static let allCases: Set<String> = ["image", "text", "segment", "pamr", "folder", "vpt_step", "tune_text_step", "index", "search"]
+    static let allCases: Set<String> = ["image", "text", "segment", "pamr", "folder", "vpt_step", "tune_text_step", "index", "search", "accuracy"]
+
+    /// `--precisions` parsed (nil when malformed or repeated).
+    var parsedPrecisions: [Precision]? {
+        guard let precisions else { return [options.precision] }
+        let list = precisions.split(separator: ",", omittingEmptySubsequences: false).map { Precision(rawValue: $0.trimmingCharacters(in: .whitespaces)) }
+        guard !list.isEmpty, !list.contains(nil), Set(list.map { $0! }).count == list.count else { return nil }
+        return list.map { $0! }
+    }
 
     var parsedSearchSizes: [Int]? {
         let parts = searchSizes.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
@@ -66,8 +80,8 @@ struct BenchCommand: ParsableCommand {
         let model = try options.load()
         let t = options.threads
         var rows: [BenchReport.Case] = []
-        func report(_ name: String, _ seconds: Double, flops: Double? = nil, floor: Double? = nil, extra: String = "") {
-            let r = BenchReport.Case(name: name, seconds: seconds, flops: flops, sgemmRate: floor)
+        func report(_ name: String, _ seconds: Double, flops: Double? = nil, floor: Double? = nil, extra: String = "", precision: Precision? = nil) {
+            let r = BenchReport.Case(name: name, seconds: seconds, flops: flops, sgemmRate: floor, precision: precision?.rawValue)
             var line = name.padding(toLength: max(40, name.count), withPad: " ", startingAt: 0) + String(format: " %9.3f s", seconds)
             if let fl = r.floorSeconds, let ratio = r.ratioToFloor { line += String(format: "   floor %7.3f s   x%.2f", fl, ratio) }
             if !extra.isEmpty { line += "   " + extra }
@@ -80,51 +94,63 @@ struct BenchCommand: ParsableCommand {
               + (ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"].map { " (instead of \($0): set OPENBLAS_CORETYPE to choose)" } ?? ""))
         print("model: \(model.source)\(model.isSynthetic ? " (synthetic)" : "")")
         print("element-wise kernels: \(KernelLevel.active.rawValue) (best for this CPU: \(KernelLevel.best.rawValue); ZEROSEG_KERNELS to choose)")
-
-        // Image encoder at the model's size.
-        if selected.contains("image") {
-            let s = model.config.vision.imageSize
-            let px = Synth.values(name: "pixels", seed: 3, count: 3 * s * s, amplitude: 2)
-            let imgT = try Bench.best(repeats) {
-                _ = try px.withUnsafeBufferPointer { try model.encodePixels($0.baseAddress!, batch: 1, height: s, width: s, threads: t) }
-            }
-            report("image encoder (\(s) px, 1 image)", imgT, flops: Bench.visionFLOPs(model.config, height: s, width: s), floor: rate)
+        print("linear layers: oneDNN \(MatmulBackend.oneDNNVersion) (\(MatmulBackend.oneDNNISA)), fp32 through \(MatmulBackend.fp32.rawValue)"
+              + " (ZEROSEG_MATMUL to choose); bf16 \(Precision.bf16.isSupported ? "native" : "not supported"), int8 \(Precision.int8.isSupported ? "native" : "not supported")")
+        // The precisions of the encoder cases: each a model of its own (packed on first use, in the warm-up).
+        var models: [(Precision, CLIPModel)] = []
+        for p in parsedPrecisions ?? [] {
+            if p == model.precision { models.append((p, model)); continue }
+            guard p.isSupported else { print(Precision.resolve(p).notice!); continue }
+            models.append((p, try ModelResolver.load(options.model, precision: p, warn: { printErr($0) })))
         }
 
-        // Text: 11 classes x 80 templates.
         let prompts = Self.camvid.flatMap { c in Templates.imagenet80.map { Templates.fill($0, c) } }
         let lengths = model.tokenize(prompts).map(\.count)
         let textFlops = lengths.reduce(0.0) { $0 + Bench.textFLOPs(model.config, tokens: $1) }
-        if selected.contains("text") {
-            let textT = try Bench.best(max(1, repeats - 1), warmUp: false) { _ = try model.encodeText(prompts, threads: t) }
-            report("text encoder (\(prompts.count) prompts)", textT, flops: textFlops, floor: rate,
-                   extra: "(floor = all tokens of every prompt; shared template prefixes need less)")
-        }
-
-        // Segmentation of a 480x360 image.
-        if selected.contains("segment") {
-            let image = try Self.benchImage(width: 480, height: 360)
-            let seg = try Segmenter(model: model, options: SegmentationOptions(), threads: t)
-            let set = try ClassSet(classes: Self.camvid.map { [$0] })
-            let (ws, hs) = Segmenter.rescaledSize(width: 480, height: 360, shortSide: 336)
-            let wins = Segmenter.windows(height: hs, width: ws, window: 224, stride: 112)
-            let encFlops = Double(wins.count) * Bench.visionFLOPs(model.config, height: 224, width: 224)
-            var cold = Double.infinity, warm = Double.infinity, encoder = Double.infinity
-            for _ in 0..<max(1, repeats - 1) {
-                let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zeroseg-bench-\(UUID().uuidString)")
-                defer { try? FileManager.default.removeItem(at: dir) }
-                let cache = TextEmbeddingCache(model: model, root: dir)
-                let t0 = Date()
-                _ = try seg.segment(image, classes: set, queries: try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache))
-                cold = min(cold, Date().timeIntervalSince(t0))
-                let t1 = Date()
-                let r = try seg.segment(image, classes: set, queries: try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache))
-                warm = min(warm, Date().timeIntervalSince(t1))
-                encoder = min(encoder, r.timings["image_encoder"] ?? .nan)
+        for (p, m) in models {
+            let suffix = p == .fp32 ? "" : " [\(p.rawValue)]"
+            // Image encoder at the model's size.
+            if selected.contains("image") {
+                let s = m.config.vision.imageSize
+                let px = Synth.values(name: "pixels", seed: 3, count: 3 * s * s, amplitude: 2)
+                let imgT = try Bench.best(repeats) {
+                    _ = try px.withUnsafeBufferPointer { try m.encodePixels($0.baseAddress!, batch: 1, height: s, width: s, threads: t) }
+                }
+                report("image encoder (\(s) px, 1 image)" + suffix, imgT, flops: Bench.visionFLOPs(m.config, height: s, width: s), floor: rate, precision: p)
             }
-            report("segment 480x360 cold (11x80 prompts)", cold, flops: encFlops + textFlops, floor: rate)
-            report("segment 480x360 warm class cache", warm, flops: encFlops, floor: rate,
-                   extra: String(format: "(%d windows; their encoder passes %.3f s: x%.2f)", wins.count, encoder, warm / encoder))
+
+            // Text: 11 classes x 80 templates.
+            if selected.contains("text") {
+                let textT = try Bench.best(max(1, repeats - 1), warmUp: false) { _ = try m.encodeText(prompts, threads: t) }
+                report("text encoder (\(prompts.count) prompts)" + suffix, textT, flops: textFlops, floor: rate,
+                       extra: "(floor = all tokens of every prompt; shared template prefixes need less)", precision: p)
+            }
+
+            // Segmentation of a 480x360 image.
+            if selected.contains("segment") {
+                let image = try Self.benchImage(width: 480, height: 360)
+                let seg = try Segmenter(model: m, options: SegmentationOptions(), threads: t)
+                let set = try ClassSet(classes: Self.camvid.map { [$0] })
+                let (ws, hs) = Segmenter.rescaledSize(width: 480, height: 360, shortSide: 336)
+                let wins = Segmenter.windows(height: hs, width: ws, window: 224, stride: 112)
+                let encFlops = Double(wins.count) * Bench.visionFLOPs(m.config, height: 224, width: 224)
+                var cold = Double.infinity, warm = Double.infinity, encoder = Double.infinity
+                for _ in 0..<max(1, repeats - 1) {
+                    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zeroseg-bench-\(UUID().uuidString)")
+                    defer { try? FileManager.default.removeItem(at: dir) }
+                    let cache = TextEmbeddingCache(model: m, root: dir)
+                    let t0 = Date()
+                    _ = try seg.segment(image, classes: set, queries: try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache))
+                    cold = min(cold, Date().timeIntervalSince(t0))
+                    let t1 = Date()
+                    let r = try seg.segment(image, classes: set, queries: try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: cache))
+                    warm = min(warm, Date().timeIntervalSince(t1))
+                    encoder = min(encoder, r.timings["image_encoder"] ?? .nan)
+                }
+                report("segment 480x360 cold (11x80 prompts)" + suffix, cold, flops: encFlops + textFlops, floor: rate, precision: p)
+                report("segment 480x360 warm class cache" + suffix, warm, flops: encFlops, floor: rate,
+                       extra: String(format: "(%d windows; their encoder passes %.3f s: x%.2f)", wins.count, encoder, warm / encoder), precision: p)
+            }
         }
         // PAMR alone: 11 classes at 480x360, affinities included (10 iterations, dilations 8 and 16).
         if selected.contains("pamr") {
@@ -264,18 +290,50 @@ struct BenchCommand: ParsableCommand {
                 }
             }
         }
+        // Each low precision against fp32 on the same inputs (random weights: this measures the
+        // arithmetic, not segmentation quality).
+        var accuracy: [PrecisionAccuracy]? = nil
+        if selected.contains("accuracy") {
+            let reference = try models.first { $0.0 == .fp32 }?.1 ?? ModelResolver.load(options.model, precision: .fp32, warn: { printErr($0) })
+            let s = reference.config.vision.imageSize
+            let pixels = (3...6).map { Synth.values(name: "pixels", seed: UInt64($0), count: 3 * s * s, amplitude: 2) }
+            let pictures = try Self.examplePictures()
+            let segmentImages = try [Self.benchImage(width: 480, height: 360)] + pictures
+            let set = try ClassSet(classes: Self.camvid.map { [$0] })
+            accuracy = []
+            for (p, m) in models where p != .fp32 {
+                let a = try PrecisionAccuracy.compare(reference: reference, candidate: m, pixels: pixels, pictures: pictures, texts: prompts,
+                                                      segment: segmentImages, classes: set, templates: Templates.imagenet80, threads: t)
+                accuracy?.append(a)
+                func f(_ v: Double?, _ digits: Int = 5) -> String { v.map { String(format: "%.\(digits)f", $0) } ?? "-" }
+                print("accuracy \(p.rawValue) vs fp32: image cos min \(f(a.imageCosMin)) mean \(f(a.imageCosMean)) (\(a.images) images), "
+                      + "text cos min \(f(a.textCosMin)) mean \(f(a.textCosMean)) (\(a.texts) prompts), labels equal on "
+                      + "\(f(a.labelAgreement.map { $0 * 100 }, 2))% of \(a.marginPixels) pixels with fp32 margin > \(a.margin) "
+                      + "(\(f(a.labelAgreementAll.map { $0 * 100 }, 2))% of all \(a.pixels); \(a.segmented) images)")
+            }
+        }
         let rss = Bench.peakRSS()
         print(String(format: "peak RSS: %.0f MB", Double(rss) / 1e6))
         if let json {
-            let report = BenchReport(
+            var report = BenchReport(
                 header: RecordHeader(command: "bench", model: ModelRecord(model),
                                      timings: Dictionary(rows.map { ($0.name, $0.seconds) }, uniquingKeysWith: { a, _ in a })),
                 settings: .init(threads: t, repeats: repeats, cases: selected.sorted(), folderImages: folderImages),
                 sgemmGflops: rate / 1e9, cases: rows, peakRSSBytes: rss, openblasKernels: BLASKernels.coreName,
                 openblasKernelsReplaced: ProcessInfo.processInfo.environment["ZEROSEG_BLAS_REEXEC"],
                 kernels: KernelLevel.active.rawValue)
+            report.accuracy = accuracy
+            report.onednn = "\(MatmulBackend.oneDNNVersion) \(MatmulBackend.oneDNNISA)"
             try writeDataAtomically(JSONOutput.data(report), to: URL(fileURLWithPath: json), what: "JSON")
         }
+    }
+
+    /// The pictures in examples/ (sorted by name; none when the folder is absent).
+    static func examplePictures() throws -> [RGBImage] {
+        let dir = URL(fileURLWithPath: "examples")
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? [])
+            .filter { [".jpg", ".png"].contains(where: $0.lowercased().hasSuffix) }.sorted()
+        return try names.map { try RGBImage.load(dir.appendingPathComponent($0)) }
     }
 
     /// A deterministic street-like picture (timing does not depend on content).

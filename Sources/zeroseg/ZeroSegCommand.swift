@@ -99,6 +99,8 @@ func useFastBLASKernels() {
 }
 
 /// Options shared by every command that runs a model.
+extension Precision: ExpressibleByArgument {}
+
 struct ModelOptions: ParsableArguments {
     @Option(help: "Model directory in the Hugging Face layout (config.json, model.safetensors, vocab.json, merges.txt). Or a hub id ORG/NAME[@REV] (Hugging Face cache, downloaded when absent). Default: $ZEROSEG_MODEL, else openai/clip-vit-base-patch16, else a synthetic random ViT-B/16 (with a warning).")
     var model: String?
@@ -106,13 +108,16 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Threads for matrix products (default: all cores).")
     var threads: Int = defaultThreads
 
+    @Option(help: "Arithmetic of the encoders' linear layers: fp32 (default, equivalent to the reference), bf16 (AVX512_BF16) or int8 (per-channel weights, per-token activations; AVX512_VNNI). A CPU without the instructions runs fp32, with a notice.")
+    var precision: Precision = .fp32
+
     func validate() throws {
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be between 1 and 256") }
     }
 
     /// The model (`ModelResolver`); says on stderr when it tokenizes with the bundled vocabulary.
     func load() throws -> CLIPModel {
-        let m = try ModelResolver.load(model, warn: { printErr($0) })
+        let m = try ModelResolver.load(model, precision: precision, warn: { printErr($0) })
         if case .bundled(let url) = m.vocabularySource {
             printErr("note: \(m.source) has no vocab.json / merges.txt: tokenizing with the bundled CLIP vocabulary (\(url.lastPathComponent), \(m.tokenizer.vocabularySize) tokens)")
         }
