@@ -822,7 +822,8 @@ def run(args) -> dict:
             a["images"], a["texts"] = len(acc_px), len(texts)
             log(f"accuracy {a['peer']}: " + ", ".join(f"{k} {v:.6f}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in a.items() if k not in ("peer", "precision")))
-    res["accuracy"] = [acc[p] for p in low if p in acc]
+    if low:
+        res["accuracy"] = [acc[p] for p in low if p in acc]
     res["loadavg_end"] = loadavg()
     return res
 
