@@ -146,7 +146,8 @@ public final class ZeroSegService: Sendable {
         let l = limits
         let body: [String: Any] = [
             "zeroseg_version": ZeroSeg.version,
-            "model": ["source": model.source, "fingerprint": model.fingerprint, "synthetic": model.isSynthetic],
+            "model": ["source": model.source, "fingerprint": model.fingerprint, "synthetic": model.isSynthetic,
+                      "precision": model.precision.rawValue],
             "index": idx,
             "auth": options.token != nil,
             "limits": ["max_upload_bytes": l.maxUploadBytes, "max_pixels": l.maxPixels, "max_classes": l.maxClasses,
