@@ -43,7 +43,7 @@ public final class PackedWeights: @unchecked Sendable {
             (s, sums) = q.withUnsafeMutableBufferPointer { quantizeWeightsPerChannel(w, n: n, k: k, into: $0.baseAddress!) }
             packed = zs_mm_pack(ZS_MM_U8S8, q, Int64(n), Int64(k), &err, err.count)
         }
-        guard let packed else { throw ZeroSegError(String(cString: err)) }
+        guard let packed else { throw ZeroSegError(cMessage(err)) }
         handle = packed; scales = s; columnSums = sums
     }
 
@@ -101,30 +101,41 @@ public final class PackedWeights: @unchecked Sendable {
             }
         }
         if rc != 0 {
-            let why = String(cString: err)
+            let why = cMessage(err)
             failures.withLock { $0 = ($0.count + 1, why) }
             linearRows(x, fp32Weights, bias, out, m: m, n: n, k: k, ldx: ldx, ldo: ldo, accumulate: accumulate)
         }
     }
 }
 
+/// The NUL-terminated message a CMatmul call wrote into `buffer`.
+func cMessage(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
 /// Symmetric per-output-channel int8 quantisation of w[N, K]: scale[n] = max_k |w[n, k]| / 127
 /// (1 for an all-zero row), q[n, k] = clamp(rint(w[n, k] / scale[n]), -127, 127); also each row's
 /// sum of q (for the activations' zero point). Returns (scale[N], Σq[N]).
+/// Rows are split over the thread budget (each row on its own: the same result for any split).
 package func quantizeWeightsPerChannel(_ w: ConstFloatPtr, n: Int, k: Int, into q: UnsafeMutablePointer<Int8>) -> ([Float], [Int32]) {
     var scales = [Float](repeating: 1, count: n), sums = [Int32](repeating: 0, count: n)
-    for r in 0..<n {
-        let row = w + r * k, qr = q + r * k
-        var mx: Float = 0
-        for i in 0..<k { mx = max(mx, abs(row[i])) }
-        let s: Float = mx > 0 ? mx / 127 : 1
-        var sum: Int32 = 0
-        for i in 0..<k {
-            let v = min(max((row[i] / s).rounded(.toNearestOrEven), -127), 127)
-            qr[i] = Int8(v); sum += Int32(v)
+    scales.withUnsafeMutableBufferPointer { sp in sums.withUnsafeMutableBufferPointer { up in
+        nonisolated(unsafe) let (sc, su, qp, wp) = (sp.baseAddress!, up.baseAddress!, q, w)
+        parallelChunks(n, work: n * k) { r0, r1 in
+            for r in r0..<r1 {
+                let row = wp + r * k, qr = qp + r * k
+                var mx: Float = 0
+                for i in 0..<k { mx = max(mx, abs(row[i])) }
+                let s: Float = mx > 0 ? mx / 127 : 1
+                var sum: Int32 = 0
+                for i in 0..<k {
+                    let v = min(max((row[i] / s).rounded(.toNearestOrEven), -127), 127)
+                    qr[i] = Int8(v); sum += Int32(v)
+                }
+                sc[r] = s; su[r] = sum
+            }
         }
-        scales[r] = s; sums[r] = sum
-    }
+    } }
     return (scales, sums)
 }
 

@@ -4,7 +4,7 @@ import Foundation
 /// The arithmetic of the encoders' linear layers (attention's q | k | v and output projections,
 /// the MLPs). Layer norms, softmax, attention's own products, the patch embedding and the final
 /// projections are fp32 at every precision.
-/// - `fp32`: weights packed once for oneDNN (fp32 accumulation), equivalent to the reference.
+/// - `fp32`: equivalent to the reference (OpenBLAS, or oneDNN on packed weights: `MatmulBackend`).
 /// - `bf16`: weights stored once in bf16, activations rounded to bf16 per layer (nearest even),
 ///   fp32 accumulation. Needs AVX512_BF16 (or AMX).
 /// - `int8`: weights quantised per output channel (symmetric, int8), activations per token
@@ -40,17 +40,19 @@ public enum Precision: String, Sendable, CaseIterable, Codable {
     }
 }
 
-/// Which library computes the fp32 linear layers: oneDNN with weights packed once (the default:
-/// faster than OpenBLAS, which packs the weights again on every call; docs/benchmarks.md), or
-/// OpenBLAS on the weights as loaded. `ZEROSEG_MATMUL=openblas` (read once) chooses OpenBLAS,
-/// for comparisons. bf16 and int8 always run through oneDNN.
+/// Which library computes the fp32 linear layers: OpenBLAS on the weights as loaded (the default),
+/// or oneDNN with weights packed once (`ZEROSEG_MATMUL=onednn`, read once): about 15% faster on
+/// the ViT-B/16 image encoder here, but not yet the default, because its results were seen to depend
+/// on what the process computed before (a tune run with its image features computed in the same
+/// process ends with other bits than one that read them from the cache; docs/benchmarks.md).
+/// bf16 and int8 always run through oneDNN.
 public enum MatmulBackend: String, Sendable {
     case onednn, openblas
 
     /// The backend of fp32 linear layers in this process.
     public static let fp32: MatmulBackend = {
         let v = ProcessInfo.processInfo.environment["ZEROSEG_MATMUL"] ?? ""
-        return MatmulBackend(rawValue: v.lowercased()) ?? .onednn
+        return MatmulBackend(rawValue: v.lowercased()) ?? .openblas
     }()
 
     /// The precision fp32 weights are packed for (nil: not packed, OpenBLAS).
