@@ -32,6 +32,19 @@ public struct FeatureGrid: Sendable, Equatable {
         self.data = d
     }
 
+    /// A grid whose rows are already L2-normalised (what a `FeatureGrid` stored): kept bit for
+    /// bit. Normalising again is not exact (x / |x| of a unit vector can move by an ulp), so a grid
+    /// read back from a cache would differ from the one that was computed.
+    init(height: Int, width: Int, dim: Int, normalizedData data: [Float]) throws {
+        guard height >= 1 && width >= 1 && dim >= 1 && data.count == height * width * dim else {
+            throw ZeroSegError("FeatureGrid: \(data.count) values for a \(height)x\(width) grid of \(dim)-vectors")
+        }
+        self.height = height
+        self.width = width
+        self.dim = dim
+        self.data = data
+    }
+
     /// [imageHeight] the grid row of each picture row.
     public func cellRows(imageHeight h: Int) -> [Int] { (0..<h).map { min(height - 1, $0 * height / h) } }
 

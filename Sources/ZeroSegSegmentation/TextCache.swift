@@ -99,7 +99,7 @@ public final class FeatureCache: @unchecked Sendable {
         guard dm == dim, gh >= 1, gw >= 1, v.count == 4 + gh * gw * dm else { return nil }
         let data = v[4...].map { Float(bitPattern: $0) }
         guard data.allSatisfy(\.isFinite) else { return nil }
-        return try? FeatureGrid(height: gh, width: gw, dim: dm, data: data)
+        return try? FeatureGrid(height: gh, width: gw, dim: dm, normalizedData: data)  // as stored, bit for bit
     }
 
     /// Best effort, like the text cache.
