@@ -62,7 +62,7 @@ public final class CLIPModel: @unchecked Sendable {
     /// The linear layers' weights are packed for it on first use.
     public convenience init(directory: URL, precision: Precision = .fp32) throws {
         guard precision.isSupported else {
-            throw ZeroSegError.unsupported("\(precision.rawValue) needs \(precision.requirement), which this CPU lacks")
+            throw ZeroSegError.unsupported(precision.unsupportedReason)
         }
         do {
             try self.init(loading: directory, precision: precision)

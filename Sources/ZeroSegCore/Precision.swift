@@ -36,8 +36,11 @@ public enum Precision: String, Sendable, CaseIterable, Codable {
     /// fp32 with a one-line notice saying why (never a slow emulation).
     public static func resolve(_ requested: Precision) -> (precision: Precision, notice: String?) {
         guard !requested.isSupported else { return (requested, nil) }
-        return (.fp32, "notice: \(requested.rawValue) needs \(requested.requirement), which this CPU lacks: running fp32")
+        return (.fp32, "notice: \(requested.unsupportedReason): running fp32")
     }
+
+    /// Why this CPU cannot run the precision ("bf16 needs AVX512_BF16 or AMX, which this CPU lacks").
+    public var unsupportedReason: String { "\(rawValue) needs \(requirement), which this CPU lacks" }
 }
 
 /// Which library computes the fp32 linear layers: OpenBLAS on the weights as loaded (the default),

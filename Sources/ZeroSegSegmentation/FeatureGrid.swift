@@ -15,9 +15,7 @@ public struct FeatureGrid: Sendable, Equatable {
     /// The rows of `data` are L2-normalised here (in Double), whatever they were. Throws unless
     /// the sizes are positive and data.count == height * width * dim.
     public init(height: Int, width: Int, dim: Int, data: [Float]) throws {
-        guard height >= 1 && width >= 1 && dim >= 1 && data.count == height * width * dim else {
-            throw ZeroSegError("FeatureGrid: \(data.count) values for a \(height)x\(width) grid of \(dim)-vectors")
-        }
+        try Self.checkSize(height: height, width: width, dim: dim, count: data.count)
         var d = data
         for r in 0..<(height * width) {
             var s = 0.0
@@ -36,13 +34,18 @@ public struct FeatureGrid: Sendable, Equatable {
     /// bit. Normalising again is not exact (x / |x| of a unit vector can move by an ulp), so a grid
     /// read back from a cache would differ from the one that was computed.
     init(height: Int, width: Int, dim: Int, normalizedData data: [Float]) throws {
-        guard height >= 1 && width >= 1 && dim >= 1 && data.count == height * width * dim else {
-            throw ZeroSegError("FeatureGrid: \(data.count) values for a \(height)x\(width) grid of \(dim)-vectors")
-        }
+        try Self.checkSize(height: height, width: width, dim: dim, count: data.count)
         self.height = height
         self.width = width
         self.dim = dim
         self.data = data
+    }
+
+    /// Sizes must be positive and `count` == height · width · dim.
+    static func checkSize(height: Int, width: Int, dim: Int, count: Int) throws {
+        guard height >= 1 && width >= 1 && dim >= 1 && count == height * width * dim else {
+            throw ZeroSegError("FeatureGrid: \(count) values for a \(height)x\(width) grid of \(dim)-vectors")
+        }
     }
 
     /// [imageHeight] the grid row of each picture row.
