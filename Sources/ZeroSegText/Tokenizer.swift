@@ -77,7 +77,7 @@ public final class Tokenizer: Sendable {
         let json = try Tokenizer.readFile(vocabJSON, what: "vocab.json")
         let decoded: [String: Int]
         do {
-            decoded = try JSONDecoder().decode([String: Int].self, from: json)
+            decoded = try VocabJSON.parseFlatObject([UInt8](json)) ?? JSONDecoder().decode([String: Int].self, from: json)
         } catch {
             throw ZeroSegError("vocab.json \(vocabJSON.path) is corrupt: not a JSON object of token -> id")
         }

@@ -133,6 +133,33 @@ struct TokenizerTests {
         #expect(try tok.tokenize(text, contextLength: 300).count == 202)
     }
 
+    @Test("vocab.json's fast reader gives JSONDecoder's result, or nil so that JSONDecoder decides")
+    func vocabJSONFastReader() throws {
+        // the real vocabulary as the tokenizers library writes it (49408 entries, escapes included)
+        let dir = try TokenizerFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let vocabURL = dir.appendingPathComponent("vocab.json")
+        try TokenizerFixtures.tokenizer.get().writeHF(vocabJSON: vocabURL, merges: dir.appendingPathComponent("merges.txt"))
+        let data = try Data(contentsOf: vocabURL)
+        let fast = try #require(VocabJSON.parseFlatObject([UInt8](data)), "the fast reader refused tokenizers' vocab.json")
+        #expect(fast == (try JSONDecoder().decode([String: Int].self, from: data)))
+        #expect(fast.count == 49408)
+        // accepted: the reader's answer must be JSONDecoder's
+        let accepted = ["{}", " {\n \"a\" : 1 ,\t\"b\":-2 }\r\n", #"{"\u00e9\ud83d\ude00\n\"\\\/\b\f\r\t":3}"#,
+                        #"{"\u0000":0,"x":123456789012345}"#, "{\"é</w>\":7}"]
+        for s in accepted {
+            let f = VocabJSON.parseFlatObject(Array(s.utf8))
+            #expect(f != nil, "refused \(s.debugDescription)")
+            #expect(f == (try? JSONDecoder().decode([String: Int].self, from: Data(s.utf8))), "\(s.debugDescription)")
+        }
+        // refused (JSONDecoder decides: some of these it accepts, some not)
+        let refused = [#"{"a":1,"a":2}"#, #"{"a":1.0}"#, #"{"a":01}"#, #"{"a":1,}"#, #"{"\ud800":1}"#, #"{"\udc00":1}"#,
+                       #"{"a":[1]}"#, #"{"a":1} x"#, #"{"a":1e2}"#, "[1]", "{\"a\t\":1}", #"{"a":1234567890123456}"#,
+                       #"{"a":"1"}"#, #"{"a" 1}"#, #"{"a":1"#, #"{"\x":1}"#, #"{"\u12":1}"#, ""]
+        for s in refused { #expect(VocabJSON.parseFlatObject(Array(s.utf8)) == nil, "accepted \(s.debugDescription)") }
+        #expect(VocabJSON.parseFlatObject([0x7B, 0x22, 0xFF, 0x22, 0x3A, 0x31, 0x7D]) == nil, "invalid UTF-8 accepted")
+    }
+
     @Test("HF vocab.json/merges.txt: written like tokenizers does, same ids as the gzip file")
     func huggingFaceFiles() throws {
         let corpus = try TokenizerFixtures.corpus.get()
