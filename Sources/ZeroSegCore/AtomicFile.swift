@@ -7,10 +7,58 @@ import Darwin
 
 // MARK: - Atomic files
 
-/// Thrown inside a `writeFileAtomically` body: the reason, without the path (added outside).
+/// Thrown inside a `writeFileAtomically` body: the reason, without the path (added outside), and
+/// the system error (`errno`) when there is one.
 package struct AtomicWriteFailure: Error {
-    package init(reason: String) { self.reason = reason }
+    package init(reason: String, code: Int32? = nil) { self.reason = reason; self.code = code }
     package var reason: String
+    package var code: Int32?
+
+    /// A failure whose reason is a system error's text exactly (`strerror`, as C code that wrote
+    /// with write(2) reports it): the error's code is recovered from the text, so that a full disk
+    /// is known as ENOSPC.
+    package init(systemMessage text: String) {
+        reason = text
+        code = [ENOSPC, EDQUOT, EROFS, EACCES, EPERM, EIO, EFBIG, EBADF].first { String(cString: strerror($0)) == text }
+    }
+}
+
+/// The temporary files of atomic writes in progress, so that a process that must exit at once
+/// (a second SIGINT) can remove them first (`AtomicWrites.abandonAll`).
+public enum AtomicWrites {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var inProgress = Set<String>()
+
+    static func begin(_ tmp: String) { lock.withLock { _ = inProgress.insert(tmp) } }
+    static func end(_ tmp: String) { lock.withLock { _ = inProgress.remove(tmp) } }
+
+    /// Removes the temporary file of every atomic write in progress (their targets stay as they
+    /// were: the writes cannot complete without them). For a process about to exit; returns how
+    /// many were removed.
+    @discardableResult
+    public static func abandonAll() -> Int {
+        lock.withLock {
+            for t in inProgress { unlink(t) }
+            defer { inProgress.removeAll() }
+            return inProgress.count
+        }
+    }
+
+    /// The temporary files in progress (for tests).
+    package static var pending: [String] { lock.withLock { Array(inProgress) } }
+
+    nonisolated(unsafe) private static var injected: [String: Int32] = [:]
+
+    /// Test-only (where a small file system cannot be mounted): every atomic write of a file under
+    /// the folder `prefix` fails with the system error `code` (e.g. ENOSPC) once its temporary file
+    /// exists, as a full disk would fail its first write(2); nil removes the fault.
+    package static func injectFailure(_ code: Int32?, under prefix: String) {
+        lock.withLock { injected[prefix.hasSuffix("/") ? prefix : prefix + "/"] = code }
+    }
+
+    static func injectedFailure(for path: String) -> Int32? {
+        lock.withLock { injected.isEmpty ? nil : injected.first { path.hasPrefix($0.key) }?.value }
+    }
 }
 
 private func errnoText(_ code: Int32) -> String { String(cString: strerror(code)) }
@@ -24,7 +72,9 @@ public func writeFileAtomically(_ url: URL, what: String, _ body: (Int32) throws
     let path = url.path
     let dir = url.deletingLastPathComponent().path
     let name = url.lastPathComponent
-    func fail(_ why: String) -> ZeroSegError { .io("cannot write \(what) \(path): \(why)", file: path) }
+    func fail(_ why: String, code: Int32? = nil) -> ZeroSegError {
+        .io("cannot write \(what) \(path): \(why)", file: path, systemCode: code)
+    }
     guard !name.isEmpty, name != "/", name != ".", name != ".." else { throw fail("not a file name") }
 
     var isDir: ObjCBool = false
@@ -43,27 +93,31 @@ public func writeFileAtomically(_ url: URL, what: String, _ body: (Int32) throws
         code = errno
         if fd >= 0 || code != EEXIST { break }
     }
-    guard fd >= 0 else { throw fail(errnoText(code)) }
+    guard fd >= 0 else { throw fail(errnoText(code), code: code) }
+    AtomicWrites.begin(tmp)
 
     var ok = false
     defer {
         if fd >= 0 { close(fd) }
         if !ok { unlink(tmp) }
+        AtomicWrites.end(tmp)
     }
     do {
+        if let code = AtomicWrites.injectedFailure(for: path) { throw AtomicWriteFailure(reason: errnoText(code), code: code) }
         try body(fd)
     } catch let e as AtomicWriteFailure {
-        throw fail(e.reason)
+        throw fail(e.reason, code: e.code)
     } catch let e as ZeroSegError {
         throw e
     } catch {
         throw fail("\(error)")
     }
-    guard fsync(fd) == 0 else { throw fail(errnoText(errno)) }
+    func check(_ rc: Int32) throws { if rc != 0 { let c = errno; throw fail(errnoText(c), code: c) } }
+    try check(fsync(fd))
     let closed = close(fd)
     fd = -1
-    guard closed == 0 else { throw fail(errnoText(errno)) }
-    guard rename(tmp, path) == 0 else { throw fail(errnoText(errno)) }
+    try check(closed)
+    try check(rename(tmp, path))
     ok = true
 }
 
@@ -82,8 +136,9 @@ public func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) throws {
     while left > 0 {
         let n = write(fd, p, left)
         if n < 0 {
-            if errno == EINTR { continue }
-            throw AtomicWriteFailure(reason: errnoText(errno))
+            let code = errno
+            if code == EINTR { continue }
+            throw AtomicWriteFailure(reason: errnoText(code), code: code)
         }
         p += n
         left -= n

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Every error zeroseg reports to a user: one line, saying what and where, and a `kind` so that
 /// callers can tell failures apart (the `zeroseg` command maps kinds to exit codes).
 ///
@@ -27,6 +33,8 @@ public struct ZeroSegError: Error, CustomStringConvertible, Equatable, Sendable 
 
     public let message: String
     public let kind: Kind
+    /// The system error (`errno`) under an `.io` failure, when known (e.g. ENOSPC).
+    public var systemCode: Int32? = nil
 
     /// An error of kind `.other`.
     public init(_ message: String) { self.init(message, kind: .other) }
@@ -43,15 +51,30 @@ public struct ZeroSegError: Error, CustomStringConvertible, Equatable, Sendable 
         ZeroSegError(message, kind: .badInput(file: file))
     }
     public static func badModel(_ message: String) -> ZeroSegError { ZeroSegError(message, kind: .badModel) }
-    public static func io(_ message: String, file: String? = nil) -> ZeroSegError { ZeroSegError(message, kind: .io(file: file)) }
+    public static func io(_ message: String, file: String? = nil, systemCode: Int32? = nil) -> ZeroSegError {
+        var e = ZeroSegError(message, kind: .io(file: file))
+        e.systemCode = systemCode
+        return e
+    }
     public static func unsupported(_ message: String) -> ZeroSegError { ZeroSegError(message, kind: .unsupported) }
     public static func limitExceeded(_ message: String) -> ZeroSegError { ZeroSegError(message, kind: .limitExceeded) }
 
     public var description: String { message }
 
     /// The same message with another kind.
-    public func with(kind: Kind) -> ZeroSegError { ZeroSegError(message, kind: kind) }
+    public func with(kind: Kind) -> ZeroSegError {
+        var e = ZeroSegError(message, kind: kind)
+        e.systemCode = systemCode
+        return e
+    }
 
+    /// Whether a write failed for a reason that every later write to the same place shares: no
+    /// space (ENOSPC, EDQUOT), a read-only file system (EROFS), no permission (EACCES, EPERM), a
+    /// device error (EIO). A run that writes many files stops at the first such failure.
+    public var isStorageFailure: Bool {
+        guard case .io = kind, let c = systemCode else { return false }
+        return [ENOSPC, EDQUOT, EROFS, EACCES, EPERM, EIO].contains(c)
+    }
     /// Whether the kind is a generic one (`.other`, `.invalidArgument`) that a caller with more
     /// context may make more precise (an error while reading a file is about that file).
     public var isGeneric: Bool {

@@ -106,10 +106,20 @@ public struct HubSettings: Sendable {
     public var offline: Bool
     /// Seconds to wait for a connection, or for the next bytes of an answer.
     public var timeout: TimeInterval = 10
-    /// Tries for one file's download when the connection breaks (each try resumes where the last stopped).
+    /// Tries in a row that may fail for a passing reason (the connection breaks or stalls, the
+    /// server answers 408, 429, 500, 502, 503 or 504) before giving up, for each question to the
+    /// hub and each file's download (each try resumes where the last stopped; a try that brought
+    /// bytes starts the count again).
     public var maxAttempts = 5
-    /// Seconds between those tries (multiplied by the try's number).
+    /// Seconds before the first new try; doubled for each further failure in a row (`RetrySchedule`).
     public var retryDelay: TimeInterval = 1
+    /// The longest wait between tries, also for a server's `Retry-After`.
+    public var maxRetryDelay: TimeInterval = 30
+
+    /// The schedule of new tries these settings make (exponential backoff with jitter).
+    public var retrySchedule: RetrySchedule {
+        RetrySchedule(attempts: maxAttempts, baseDelay: retryDelay, maxDelay: maxRetryDelay)
+    }
 
     public static let defaultEndpoint = "https://huggingface.co"
 

@@ -180,8 +180,7 @@ struct HubClient: Sendable {
             let sendToken = Origin(url) == endpointOrigin
             let reply: HTTPReply
             do {
-                reply = try HTTP.send(url: url, method: "HEAD", headers: headers(token: sendToken), followRedirects: false,
-                                      timeout: settings.timeout)
+                reply = try sendRetrying(url: url, method: "HEAD", headers: headers(token: sendToken))
             } catch let e as HTTPTransportError {
                 throw ZeroSegError("cannot download \(repo): \(e.host) is unreachable (\(e.reason))")
             }
@@ -200,6 +199,28 @@ struct HubClient: Sendable {
             return .missing(commit: reply.header("x-repo-commit").flatMap { HubRepo.isCommitHash($0) ? $0 : nil })
         }
         throw ZeroSegError("\(file) of \(repo): too many redirects from \(settings.endpoint)")
+    }
+
+    /// A request without a body to keep (HEAD), tried again on a passing failure (`settings.retrySchedule`:
+    /// a lost or stalled connection, 408, 429, 500, 502, 503, 504; `Retry-After` honoured). Returns the
+    /// last answer, which may still be such a status once the tries are spent.
+    func sendRetrying(url: URL, method: String, headers: [String: String]) throws -> HTTPReply {
+        let schedule = settings.retrySchedule
+        var failures = 0
+        while true {
+            var retryAfter: TimeInterval?
+            do {
+                let reply = try HTTP.send(url: url, method: method, headers: headers, followRedirects: false, timeout: settings.timeout)
+                guard RetrySchedule.retryableStatuses.contains(reply.status) else { return reply }
+                failures += 1
+                if failures >= schedule.attempts { return reply }
+                retryAfter = RetrySchedule.retryAfterSeconds(reply.header("retry-after"))
+            } catch let e as HTTPTransportError where e.isPassing {
+                failures += 1
+                if failures >= schedule.attempts { throw e }
+            }
+            Thread.sleep(forTimeInterval: schedule.delay(afterFailure: failures, retryAfter: retryAfter))
+        }
     }
 
     /// Throws for every error answer except a missing file (404 EntryNotFound or bare 404), which returns.
@@ -223,7 +244,8 @@ struct HubClient: Sendable {
             throw ZeroSegError("\(repo.id) was not found on \(settings.endpoint) (404)")
         default:
             let why = reply.header("x-error-message").map { ": \($0)" } ?? ""
-            throw ZeroSegError("\(file) of \(repo): \(settings.endpoint) answered \(status)\(why)")
+            let tries = RetrySchedule.retryableStatuses.contains(status) ? " (\(settings.maxAttempts) tries)" : ""
+            throw ZeroSegError("\(file) of \(repo): \(settings.endpoint) answered \(status)\(why)\(tries)")
         }
     }
 
@@ -271,10 +293,12 @@ struct HubClient: Sendable {
         }
         let fh = try FileHandle(forUpdating: partial)
         defer { try? fh.close() }
-        var failures = 0
+        let schedule = settings.retrySchedule
+        var failures = 0, tries = 0
         var transferred: Int64 = 0
         let host = info.downloadURL.host ?? settings.endpoint
         while true {
+            tries += 1
             var offset = Int64(try fh.seekToEnd())
             if let size = info.size, offset > size { try fh.truncate(atOffset: 0); offset = 0 }
             if let size = info.size, offset == size, size > 0 { break }  // complete from an earlier run
@@ -284,6 +308,7 @@ struct HubClient: Sendable {
             let sink = FileSink(handle: fh, offset: offset, progress: progress)
             var reply: HTTPReply?
             var broken: HTTPTransportError?
+            var retryAfter: TimeInterval?
             do {
                 reply = try HTTP.send(url: info.downloadURL, method: "GET", headers: h, followRedirects: true,
                                       timeout: settings.timeout, sink: sink)
@@ -301,6 +326,9 @@ struct HubClient: Sendable {
                 case 416 where offset > 0:
                     try fh.truncate(atOffset: 0)  // the partial file does not fit the server's: start again
                     broken = HTTPTransportError(host: host, reason: "416 for a resumed download")
+                case let status where RetrySchedule.retryableStatuses.contains(status):
+                    broken = HTTPTransportError(host: host, reason: "answered \(status)")
+                    retryAfter = RetrySchedule.retryAfterSeconds(reply.header("retry-after"))
                 default:
                     progress?.end()
                     throw ZeroSegError("\(info.file) of \(repo): \(host) answered \(reply.status) to the download")
@@ -308,13 +336,14 @@ struct HubClient: Sendable {
             }
             guard let broken else { break }
             failures = sink.written > 0 ? 1 : failures + 1  // a try that brought bytes resets the count
-            if failures >= settings.maxAttempts {
+            // ... but a server that sends a little and stalls each time gets 10 x maxAttempts tries in all
+            if failures >= schedule.attempts || tries >= 10 * schedule.attempts {
                 progress?.end()
                 let kept = Int64((try? fh.seekToEnd()) ?? 0)
                 throw ZeroSegError("downloading \(info.file) of \(repo) from \(host) failed (\(broken.reason)); "
                                    + "\(formatBytes(kept)) kept in \(partial.path): run again to resume")
             }
-            Thread.sleep(forTimeInterval: settings.retryDelay * Double(failures))
+            Thread.sleep(forTimeInterval: schedule.delay(afterFailure: failures, retryAfter: retryAfter))
         }
         progress?.end()
         return transferred
@@ -446,6 +475,9 @@ struct HTTPReply: Sendable {
 struct HTTPTransportError: Error, Sendable {
     let host: String
     let reason: String
+    /// A failure that may pass (the connection was lost or stalled), worth another try; not a host
+    /// that cannot be found or refuses connections.
+    var isPassing: Bool { reason == "connection lost" || reason == "no answer in time" }
 }
 
 protocol HTTPBodySink: AnyObject, Sendable {

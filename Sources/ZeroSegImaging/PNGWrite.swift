@@ -204,7 +204,8 @@ private func writePNG(_ url: URL, what: String, width: Int, height: Int, colorTy
         }
         guard rc == 0 else {
             let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            throw AtomicWriteFailure(reason: text.isEmpty ? "libpng error" : text)
+            // a failed write(2) is reported with strerror's text: its code is recovered from it
+            throw text.isEmpty ? AtomicWriteFailure(reason: "libpng error") : AtomicWriteFailure(systemMessage: text)
         }
     }
 }

@@ -36,6 +36,26 @@ public struct SegmentationSummary: Sendable {
     public let succeeded: [URL]
     /// Inputs that failed (in input order), with their error.
     public let failed: [(input: URL, error: any Error)]
+    /// Inputs whose complete outputs were already in the folder (`skipExisting`): not segmented.
+    public var skipped: [URL] = []
+    /// Inputs whose outputs in the folder were stale (`ExistingOutputs.stale`, with the reason):
+    /// segmented again (they are in `succeeded` or `failed` too).
+    public var redone: [(input: URL, reason: String)] = []
+    /// Inputs not attempted because the run stopped early (`stop`, or a storage failure).
+    public var notStarted: [URL] = []
+    /// Why the run stopped before the end: the stop request's reason ("SIGINT"), nil when it ran
+    /// to the end or stopped on a storage failure.
+    public var interrupted: String?
+    /// The write failure that stopped the run (`ZeroSegError.isStorageFailure`: no space, a
+    /// read-only folder, ...): later inputs were not attempted.
+    public var storageFailure: ZeroSegError?
+
+    public init(succeeded: [URL], failed: [(input: URL, error: any Error)]) {
+        self.succeeded = succeeded; self.failed = failed
+    }
+
+    /// Inputs whose outputs are complete in the folder after the run: written now, or skipped.
+    public var done: Int { succeeded.count + skipped.count }
 }
 
 /// Zero-shot segmentation of image files into an output folder, as `zeroseg IMAGE|FOLDER...`
@@ -119,13 +139,23 @@ public final class SegmentationPipeline: @unchecked Sendable {
 
     /// Creates the output folder and checks that it can be written (errors of kind `.io`).
     public static func prepareOutputDirectory(_ dir: URL) throws {
-        do { try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true) }
-        catch { throw ZeroSegError.io("cannot create output folder \(dir.path)", file: dir.path) }
-        let probe = dir.appendingPathComponent(".zeroseg-write-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        guard FileManager.default.createFile(atPath: probe.path, contents: Data()) else {
-            throw ZeroSegError.io("output folder \(dir.path) is not writable", file: dir.path)
+        do { try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true) } catch {
+            // the system's reason, when Foundation has one (EROFS, EACCES, ENOSPC, ENOTDIR, ...)
+            let code = ((error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError).flatMap {
+                $0.domain == NSPOSIXErrorDomain ? Int32($0.code) : nil
+            }
+            throw ZeroSegError.io("cannot create output folder \(dir.path)" + (code.map { " (\(String(cString: strerror($0))))" } ?? ""),
+                                  file: dir.path, systemCode: code)
         }
-        try? FileManager.default.removeItem(at: probe)
+        let probe = dir.appendingPathComponent(".zeroseg-write-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        let fd = open(probe.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            let code = errno
+            throw ZeroSegError.io("output folder \(dir.path) is not writable (\(String(cString: strerror(code))))", file: dir.path,
+                                  systemCode: code)
+        }
+        close(fd)
+        unlink(probe.path)
     }
 
     // MARK: One image
@@ -192,6 +222,7 @@ public final class SegmentationPipeline: @unchecked Sendable {
             try writeDataAtomically(json, to: out(".json"), what: "JSON")
         } catch {
             for u in written { try? FileManager.default.removeItem(at: u) }
+            if outputs.proposals { rmdir(dir.appendingPathComponent(stem).path) }  // the mask folder, when left empty
             throw error
         }
     }
@@ -235,16 +266,37 @@ public final class SegmentationPipeline: @unchecked Sendable {
     /// other threads; at most one image waits to be written. Results and errors are those of a
     /// plain loop.
     ///
-    /// - `progress(done, total, next)`: before each image (`next` is it) and at the end (nil).
+    /// - `skipExisting`: inputs whose complete outputs are in `dir` already
+    ///   (`existingOutputs(for:in:outputs:)` is `.complete`) are skipped; stale ones are made again.
+    /// - `stop`: checked before each image; once set, the image in flight is finished and written,
+    ///   no other is started, and the summary says `interrupted`.
+    /// - A write that fails for a reason later writes share (`ZeroSegError.isStorageFailure`: no
+    ///   space, read-only) stops the run the same way (`storageFailure`): the input's files are
+    ///   removed, those of earlier inputs are kept, later inputs are not attempted.
+    /// - `progress(done, total, next)`: before each image (`next` is it) and at the end (nil),
+    ///   over the inputs to segment (skipped ones are not counted).
     /// - `failure(input, error)`: each failed input as it happens, one call at a time (from any
-    ///   thread); the failures are also in the summary.
+    ///   thread); the failures are also in the summary. A storage failure is reported once.
     public func run(_ files: [URL], into dir: URL, outputs: SegmentationOutputs = SegmentationOutputs(),
+                    skipExisting: Bool = false, stop: StopRequest? = nil,
                     progress: ((_ done: Int, _ total: Int, _ next: URL?) -> Void)? = nil,
                     failure: (@Sendable (_ input: URL, _ error: any Error) -> Void)? = nil) -> SegmentationSummary {
         if outputs.proposals && twoStage == nil {
             let e = ZeroSegError.invalidArgument("saving proposals needs the two-stage mode", parameter: "proposals")
             for f in files { failure?(f, e) }
             return SegmentationSummary(succeeded: [], failed: files.map { ($0, e) })
+        }
+        var skipped: [URL] = [], redone: [(input: URL, reason: String)] = []
+        var todo = files
+        if skipExisting {
+            todo = []
+            for f in files {
+                switch existingOutputs(for: f, in: dir, outputs: outputs) {
+                case .complete: skipped.append(f)
+                case .stale(let why): redone.append((f, why)); todo.append(f)
+                case .absent: todo.append(f)
+                }
+            }
         }
         let log = FailureLog(report: failure)
         let writer = DispatchQueue(label: "zeroseg.write"), decoder = DispatchQueue(label: "zeroseg.decode")
@@ -254,12 +306,15 @@ public final class SegmentationPipeline: @unchecked Sendable {
             decoder.async(execute: item)
             return item
         }
-        var pending = files.first.map(decode)
-        for (i, file) in files.enumerated() {
-            progress?(i, files.count, file)
+        var started = 0
+        var pending = stop?.isStopped == true ? nil : todo.first.map(decode)
+        for (i, file) in todo.enumerated() {
+            if stop?.isStopped == true || log.storageFailure != nil { break }
+            progress?(i, todo.count, file)
             pending?.wait()
             let decoded = log.takeImage(file)
-            pending = i + 1 < files.count ? decode(files[i + 1]) : nil
+            pending = i + 1 < todo.count ? decode(todo[i + 1]) : nil
+            started += 1
             do {
                 let start = Date()
                 let image = try decoded.get()
@@ -271,6 +326,8 @@ public final class SegmentationPipeline: @unchecked Sendable {
                 writeSlot.wait()
                 writer.async {
                     defer { writeSlot.signal() }
+                    // after a storage failure, nothing more is written (the input counts as not started)
+                    guard log.storageFailure == nil else { log.unwritten(file); return }
                     do {
                         try self.write(r, image: image, input: file, regions: regions, timings: finalTimings, outputs: outputs, into: dir)
                     } catch {
@@ -281,12 +338,20 @@ public final class SegmentationPipeline: @unchecked Sendable {
                 log.add(file, error)
             }
         }
+        pending?.wait()  // a decode started for an image that will not be segmented
         writer.sync {}
-        progress?(files.count, files.count, nil)
         let failed = log.failures
         let failedSet = Set(failed.map(\.input))
-        return SegmentationSummary(succeeded: files.filter { !failedSet.contains($0) },
-                                   failed: files.compactMap { f in failed.first { $0.input == f } })
+        let attempted = Set(todo.prefix(started)).subtracting(log.unwrittenFiles)
+        progress?(attempted.count, todo.count, nil)
+        var summary = SegmentationSummary(succeeded: todo.filter { attempted.contains($0) && !failedSet.contains($0) },
+                                          failed: todo.compactMap { f in failed.first { $0.input == f } })
+        summary.skipped = skipped
+        summary.redone = redone
+        summary.notStarted = todo.filter { !attempted.contains($0) }
+        summary.storageFailure = log.storageFailure
+        if summary.storageFailure == nil, !summary.notStarted.isEmpty { summary.interrupted = stop?.reason }
+        return summary
     }
 }
 
@@ -300,13 +365,22 @@ final class FailureLog: @unchecked Sendable {
 
     init(report: (@Sendable (URL, any Error) -> Void)?) { self.report = report }
 
+    private var firstStorageFailure: ZeroSegError?
+    private var notWritten: [URL] = []
+
     func add(_ file: URL, _ error: any Error) {
         lock.withLock {
             list.append((file, error))
+            if let e = error as? ZeroSegError, e.isStorageFailure, firstStorageFailure == nil { firstStorageFailure = e }
             report?(file, error)
         }
     }
     var failures: [(input: URL, error: any Error)] { lock.withLock { list } }
+    /// The first write failure that later writes would share (no space, read-only).
+    var storageFailure: ZeroSegError? { lock.withLock { firstStorageFailure } }
+    /// An input segmented but not written because of an earlier storage failure.
+    func unwritten(_ file: URL) { lock.withLock { notWritten.append(file) } }
+    var unwrittenFiles: [URL] { lock.withLock { notWritten } }
 
     func setImage(_ url: URL, _ r: Result<RGBImage, any Error>) { lock.withLock { images[url] = r } }
     func takeImage(_ url: URL) -> Result<RGBImage, any Error> {

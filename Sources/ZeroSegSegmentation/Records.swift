@@ -122,6 +122,82 @@ public struct ProposalsRecord: Codable, Sendable, Equatable {
     }
 }
 
+/// `zeroseg segment --json`: what a folder run did (stdout, one line).
+public struct SegmentRunRecord: Codable, Sendable, Equatable {
+    public struct Failure: Codable, Sendable, Equatable {
+        public var path: String
+        public var error: String
+        public init(path: String, error: String) { self.path = path; self.error = error }
+    }
+    public var header: RecordHeader
+    public var settings: SettingsRecord
+    /// The output folder.
+    public var out: String
+    /// Inputs given.
+    public var images: Int
+    /// Inputs segmented and written by this run.
+    public var written: Int
+    /// Inputs whose complete outputs were there already (resuming): not segmented.
+    public var skipped: Int
+    /// Inputs whose outputs were stale (other settings, classes, model, an older record): made again.
+    public var segmentedAgain: Int
+    public var failed: [Failure]
+    /// Inputs not attempted: the run stopped early.
+    public var notStarted: Int
+    /// The signal that stopped the run ("SIGINT", "SIGTERM"), else null.
+    @Nullable public var interrupted: String?
+    /// The write failure (no space, read-only folder) that stopped the run, else null.
+    @Nullable public var storageError: String?
+
+    public init(_ summary: SegmentationSummary, total: Int, out: String, pipeline: SegmentationPipeline,
+                outputs: SegmentationOutputs, seconds: Double) {
+        header = RecordHeader(command: "segment", model: pipeline.model, timings: ["total": seconds], record: outputs.timings)
+        settings = SettingsRecord(segmentation: pipeline.settings.record(background: pipeline.classes.background))
+        self.out = out
+        images = total
+        written = summary.succeeded.count
+        skipped = summary.skipped.count
+        segmentedAgain = summary.redone.count
+        failed = summary.failed.map { Failure(path: $0.input.path, error: "\($0.error)") }
+        notStarted = summary.notStarted.count
+        interrupted = summary.interrupted
+        storageError = summary.storageFailure?.message
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case settings, out, images, written, skipped, segmentedAgain = "segmented_again", failed, notStarted = "not_started",
+             interrupted, storageError = "storage_error"
+    }
+    public init(from decoder: any Decoder) throws {
+        header = try RecordHeader(from: decoder)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        settings = try c.decode(SettingsRecord.self, forKey: .settings)
+        out = try c.decode(String.self, forKey: .out)
+        images = try c.decode(Int.self, forKey: .images)
+        written = try c.decode(Int.self, forKey: .written)
+        skipped = try c.decode(Int.self, forKey: .skipped)
+        segmentedAgain = try c.decode(Int.self, forKey: .segmentedAgain)
+        failed = try c.decode([Failure].self, forKey: .failed)
+        notStarted = try c.decode(Int.self, forKey: .notStarted)
+        _interrupted = try c.decode(Nullable<String>.self, forKey: .interrupted)
+        _storageError = try c.decode(Nullable<String>.self, forKey: .storageError)
+    }
+    public func encode(to encoder: any Encoder) throws {
+        try header.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(settings, forKey: .settings)
+        try c.encode(out, forKey: .out)
+        try c.encode(images, forKey: .images)
+        try c.encode(written, forKey: .written)
+        try c.encode(skipped, forKey: .skipped)
+        try c.encode(segmentedAgain, forKey: .segmentedAgain)
+        try c.encode(failed, forKey: .failed)
+        try c.encode(notStarted, forKey: .notStarted)
+        try c.encode(_interrupted, forKey: .interrupted)
+        try c.encode(_storageError, forKey: .storageError)
+    }
+}
+
 // MARK: - eval
 
 /// `eval.json`: the metrics of mmsegmentation's IoUMetric over a labelled set (docs/eval.md).

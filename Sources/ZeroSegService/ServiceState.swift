@@ -28,32 +28,6 @@ final class ServiceState: @unchecked Sendable {
     func stop() async { await lock.withLock({ stopper })?() }
 }
 
-/// SIGTERM and SIGINT: the first calls `handler(false)`, any later one `handler(true)`.
-final class SignalWatcher: @unchecked Sendable {
-    private var sources: [any DispatchSourceSignal] = []
-    private let lock = NSLock()
-    private var seen = 0
-
-    init(_ handler: @escaping @Sendable (_ again: Bool) -> Void) {
-        for sig in [SIGTERM, SIGINT] {
-            signal(sig, SIG_IGN)
-            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            s.setEventHandler { [weak self] in
-                guard let self else { return }
-                let n = self.lock.withLock { self.seen += 1; return self.seen }
-                handler(n > 1)
-            }
-            s.resume()
-            sources.append(s)
-        }
-    }
-
-    func cancel() {
-        for s in sources { s.cancel() }
-        for sig in [SIGTERM, SIGINT] { signal(sig, SIG_DFL) }
-    }
-}
-
 /// In front of every route: counts requests in flight, answers 503 while draining, checks the
 /// bearer token, turns every error into the JSON error line, and records the metrics.
 struct ServiceMiddleware<Context: RequestContext>: RouterMiddleware {

@@ -98,7 +98,7 @@ public final class ZeroSegService: Sendable {
             logger: logger)
         let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], cancellationSignals: [], logger: logger))
         state.setStopper { await group.triggerGracefulShutdown() }
-        let signals = SignalWatcher { [self] second in
+        let signals = SignalWatcher { [self] _, second in
             if second { Task { await group.triggerGracefulShutdown() } } else { Task { await self.shutdown() } }
         }
         defer { signals.cancel(); pool.stop() }

@@ -92,7 +92,11 @@ struct Eval: ParsableCommand {
         if model.isSynthetic {
             printErr("WARNING: \(model.source) is a synthetic model with random weights: the scores will be meaningless")
         }
-        // 3. Segment, count, report.
+        // 3. Segment, count, report. SIGINT / SIGTERM: stop at once, no report (it is written at the end)
+        let signals = SignalWatcher { sig, _ in
+            exitAtOnce(on: sig, "interrupted by \(SignalWatcher.name(sig)): no report written")
+        }
+        defer { signals.cancel() }
         let progress = Progress(total: evaluation.pairs.count, quiet: quiet)
         let report: EvalReport
         do {

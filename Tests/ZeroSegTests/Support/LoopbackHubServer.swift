@@ -15,21 +15,31 @@ import Glibc
 ///   404 EntryNotFound with `X-Repo-Commit`.
 /// - `GET /cdn/<sha256>` — the LFS file's bytes. Every GET of file bytes honours `Range: bytes=N-[M]` (206, or 416).
 ///
-/// Faults, per file name, used once each in order: cut the connection after N body bytes, serve corrupted bytes,
-/// answer a status. Every request is recorded (method, path, headers).
+/// Faults, per file name and method (GET of the bytes, on /resolve/ or /cdn/; or the HEAD on /resolve/), used once
+/// each in order: cut the connection after N body bytes, serve corrupted bytes, answer a status (with `Retry-After`),
+/// send the body slowly (chunks with pauses), or stall (send N bytes, wait, close). Every request is recorded
+/// (method, path, headers, time of arrival).
 final class LoopbackHubServer: @unchecked Sendable {
     struct Request: Sendable, CustomStringConvertible {
         let method: String
         let path: String
         let headers: [String: String]  // names lowercased
+        let time: Date
         func header(_ name: String) -> String? { headers[name.lowercased()] }
         var description: String { "\(method) \(path)" + (header("range").map { " [Range: \($0)]" } ?? "") }
     }
 
     enum Fault: Sendable {
+        /// The body stops after N bytes (the connection is closed).
         case cutAfter(Int)
+        /// One byte in the middle of the body (of what this answer sends) is flipped.
         case corrupt
-        case status(Int)
+        /// The answer is this status, with `Retry-After` when given, and no body.
+        case status(Int, retryAfter: String? = nil)
+        /// The body in chunks of `chunk` bytes with `pause` seconds between them.
+        case slow(chunk: Int, pause: TimeInterval)
+        /// `after` bytes of the body, then nothing for `seconds`, then the connection is closed.
+        case stall(after: Int, seconds: TimeInterval)
     }
 
     struct Repo: Sendable {
@@ -122,9 +132,14 @@ final class LoopbackHubServer: @unchecked Sendable {
         lock.withLock { for f in repo.lfs { if let d = repo.files[f] { blobs[HubHash.sha256(d)] = (f, d) } } }
     }
 
-    /// The next GET of `file`'s bytes (on /resolve/ or /cdn/) gets `fault`; several queue up.
-    func inject(_ fault: Fault, file: String) {
-        lock.withLock { faults[file, default: []].append(fault) }
+    /// The next GET of `file`'s bytes (on /resolve/ or /cdn/), or with `method` "HEAD" the next HEAD of it on
+    /// /resolve/ (only `.status` and `.stall` apply), gets `fault`; several queue up.
+    func inject(_ fault: Fault, file: String, method: String = "GET") {
+        lock.withLock { faults[method == "GET" ? file : method + " " + file, default: []].append(fault) }
+    }
+
+    private func takeFault(_ key: String) -> Fault? {
+        lock.withLock { faults[key]?.isEmpty == false ? faults[key]!.removeFirst() : nil }
     }
 
     var requests: [Request] { lock.withLock { log } }
@@ -167,7 +182,7 @@ final class LoopbackHubServer: @unchecked Sendable {
             guard let c = l.firstIndex(of: ":") else { continue }
             headers[l[..<c].lowercased()] = l[l.index(after: c)...].trimmingCharacters(in: .whitespaces)
         }
-        let req = Request(method: String(parts[0]), path: String(parts[1]), headers: headers)
+        let req = Request(method: String(parts[0]), path: String(parts[1]), headers: headers, time: Date())
         lock.withLock { log.append(req) }
         respond(fd, req)
     }
@@ -191,6 +206,13 @@ final class LoopbackHubServer: @unchecked Sendable {
         let id = comps[0] + "/" + comps[1]
         let rev = comps[3].removingPercentEncoding ?? comps[3]
         let file = comps[4...].joined(separator: "/").removingPercentEncoding ?? ""
+        if req.method == "HEAD", let fault = takeFault("HEAD " + file) {
+            switch fault {
+            case .status(let s, let retryAfter): return send(fd, req, s, retryAfter.map { ["Retry-After": $0] } ?? [:], Data())
+            case .stall(_, let seconds): Thread.sleep(forTimeInterval: seconds); return
+            default: break
+            }
+        }
         let (repoOrNil, unknownStatus, cdn) = lock.withLock { (repos[id], _unknownStatus, _cdn) }
         guard let repo = repoOrNil else {
             return send(fd, req, unknownStatus, ["X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"], Data())
@@ -223,8 +245,8 @@ final class LoopbackHubServer: @unchecked Sendable {
     private func sendFile(_ fd: Int32, _ req: Request, file: String, data: Data, headers: [String: String]) {
         var h = headers
         h["Accept-Ranges"] = "bytes"
-        let fault: Fault? = req.method == "GET" ? lock.withLock { faults[file]?.isEmpty == false ? faults[file]!.removeFirst() : nil } : nil
-        if case .status(let s)? = fault { return send(fd, req, s, [:], Data()) }
+        let fault: Fault? = req.method == "GET" ? takeFault(file) : nil
+        if case .status(let s, let retryAfter)? = fault { return send(fd, req, s, retryAfter.map { ["Retry-After": $0] } ?? [:], Data()) }
         var body = data
         if case .corrupt? = fault, !body.isEmpty { body[body.count / 2] ^= 0xFF }
         var status = 200
@@ -240,30 +262,52 @@ final class LoopbackHubServer: @unchecked Sendable {
             h["Content-Range"] = "bytes \(start)-\(stop)/\(data.count)"
             status = 206
         }
-        if case .cutAfter(let n)? = fault {
-            return send(fd, req, status, h, body, cutAfter: n)
+        switch fault {
+        case .cutAfter(let n)?: send(fd, req, status, h, body, cutAfter: n)
+        case .slow(let chunk, let pause)?: send(fd, req, status, h, body, chunk: chunk, pause: pause)
+        case .stall(let n, let seconds)?: send(fd, req, status, h, body, cutAfter: n, stall: seconds)
+        default: send(fd, req, status, h, body)
         }
-        send(fd, req, status, h, body)
     }
 
-    private func send(_ fd: Int32, _ req: Request, _ status: Int, _ headers: [String: String], _ body: Data, cutAfter: Int? = nil) {
+    /// Sends an answer; `cutAfter`: only that many body bytes (after `stall` seconds of silence, the connection is
+    /// closed); `chunk` and `pause`: the body in pieces with pauses between them.
+    private func send(_ fd: Int32, _ req: Request, _ status: Int, _ headers: [String: String], _ body: Data, cutAfter: Int? = nil,
+                      stall: TimeInterval = 0, chunk: Int? = nil, pause: TimeInterval = 0) {
         let reason = [200: "OK", 206: "Partial Content", 302: "Found", 401: "Unauthorized", 403: "Forbidden",
-                      404: "Not Found", 416: "Range Not Satisfiable", 500: "Internal Server Error"][status] ?? "Status"
+                      404: "Not Found", 416: "Range Not Satisfiable", 429: "Too Many Requests", 500: "Internal Server Error",
+                      503: "Service Unavailable"][status] ?? "Status"
         var text = "HTTP/1.1 \(status) \(reason)\r\n"
         var h = headers
         h["Content-Length"] = "\(body.count)"
         h["Connection"] = "close"
         for (k, v) in h.sorted(by: { $0.key < $1.key }) { text += "\(k): \(v)\r\n" }
         text += "\r\n"
-        var out = Data(text.utf8)
-        if req.method != "HEAD" { out.append(cutAfter.map { body.prefix($0) } ?? body) }
-        out.withUnsafeBytes { (p: UnsafeRawBufferPointer) in
+        let payload = req.method == "HEAD" ? Data() : (cutAfter.map { body.prefix($0) } ?? body)
+        guard sendAll(fd, Data(text.utf8)) else { return }
+        if let chunk, chunk > 0 {
+            var start = 0
+            while start < payload.count {
+                let end = min(payload.count, start + chunk)
+                guard sendAll(fd, payload.subdata(in: (payload.startIndex + start)..<(payload.startIndex + end))) else { return }
+                start = end
+                if start < payload.count { Thread.sleep(forTimeInterval: pause) }
+            }
+        } else {
+            guard sendAll(fd, payload) else { return }
+        }
+        if stall > 0 { Thread.sleep(forTimeInterval: stall) }
+    }
+
+    private func sendAll(_ fd: Int32, _ data: Data) -> Bool {
+        data.withUnsafeBytes { (p: UnsafeRawBufferPointer) -> Bool in
             var off = 0
             while off < p.count {
                 let n = Glibc.send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL))
-                if n <= 0 { if errno == EINTR { continue }; return }
+                if n <= 0 { if errno == EINTR { continue }; return false }
                 off += n
             }
+            return true
         }
     }
 }
