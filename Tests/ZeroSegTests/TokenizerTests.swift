@@ -160,6 +160,36 @@ struct TokenizerTests {
         #expect(VocabJSON.parseFlatObject([0x7B, 0x22, 0xFF, 0x22, 0x3A, 0x31, 0x7D]) == nil, "invalid UTF-8 accepted")
     }
 
+    @Test("merges.txt's fast line split agrees with Python's str.split() on every line it takes")
+    func mergeLineFastPath() throws {
+        let dir = try TokenizerFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let mergesURL = dir.appendingPathComponent("merges.txt")
+        try TokenizerFixtures.tokenizer.get().writeHF(vocabJSON: dir.appendingPathComponent("vocab.json"), merges: mergesURL)
+        let lines = try [UInt8](Data(contentsOf: mergesURL)).split(separator: 0x0A).dropFirst()  // after "#version"
+        var fast = 0
+        for line in lines {
+            let general = try #require(Tokenizer.splitMerge(line))
+            if let f = Tokenizer.splitSimpleMerge(line) {
+                fast += 1
+                let same = f.0 == general.0 && f.1 == general.1
+                #expect(same, "\(String(decoding: line, as: UTF8.self).debugDescription)")
+            }
+        }
+        #expect(fast == lines.count, "every CLIP merge line is simple")
+        // lines the fast path must leave to the general one (whitespace other than one ASCII space)
+        for s in ["a  b", " a b", "a b ", "a\tb", "a\u{A0}b", "a b\u{85}", "\u{3000}a b", "a\u{2009}b c", "ab", "a b c", "a\u{1C}b"] {
+            #expect(Tokenizer.splitSimpleMerge(ArraySlice(Array(s.utf8))) == nil, "\(s.debugDescription)")
+        }
+        // and lines it takes: non-ASCII symbols that are not whitespace
+        for s in ["\u{A1}\u{AC} \u{C4}\u{120}", "a</w> \u{E9}"] {
+            let line = ArraySlice(Array(s.utf8))
+            let f = try #require(Tokenizer.splitSimpleMerge(line), "\(s.debugDescription)"), g = try #require(Tokenizer.splitMerge(line))
+            let same = f.0 == g.0 && f.1 == g.1
+            #expect(same, "\(s.debugDescription)")
+        }
+    }
+
     @Test("HF vocab.json/merges.txt: written like tokenizers does, same ids as the gzip file")
     func huggingFaceFiles() throws {
         let corpus = try TokenizerFixtures.corpus.get()
