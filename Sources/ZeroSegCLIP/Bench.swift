@@ -76,6 +76,31 @@ public enum Bench {
         return b
     }
 
+    /// Resets the peak resident set size that `peakRSSSinceReset` reads (Linux: writes 5 to
+    /// /proc/self/clear_refs); false when the system cannot (the peak is then the process's).
+    @discardableResult
+    public static func resetPeakRSS() -> Bool {
+        guard let f = fopen("/proc/self/clear_refs", "w") else { return false }
+        defer { fclose(f) }
+        return fputs("5", f) >= 0
+    }
+
+    /// The peak resident set size since `resetPeakRSS` (VmHWM in /proc/self/status), in bytes;
+    /// `peakRSS()` where that is not available.
+    public static func peakRSSSinceReset() -> Int { procStatus("VmHWM") ?? peakRSS() }
+
+    /// The resident set size now (VmRSS), in bytes (0 when not available).
+    public static func currentRSS() -> Int { procStatus("VmRSS") ?? 0 }
+
+    /// A "kB" field of /proc/self/status, in bytes.
+    static func procStatus(_ key: String) -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix(key + ":") {
+            return line.split(separator: " ").dropFirst().first.flatMap { Int($0) }.map { $0 * 1024 }
+        }
+        return nil
+    }
+
     /// Peak resident set size of this process so far, in bytes.
     public static func peakRSS() -> Int {
         var u = rusage()

@@ -133,6 +133,21 @@ public struct BenchReport: Codable, Sendable, Equatable {
         public var bytesPerVector: Double?
         /// The precision of the encoders' linear layers in this case (fp32 cases of older reports: absent).
         public var precision: String?
+        /// Memory cases (large images, folder memory): the peak resident set size while the case
+        /// ran, and the resident size after loading the model (the weights and the runtime).
+        public var peakRSSBytes: Int?
+        public var baselineRSSBytes: Int?
+        /// Large images: seconds / the seconds of the case named `relativeTo`.
+        public var relativeTo: String?
+        public var ratio: Double?
+        /// Folder memory: the resident size after so many images.
+        public var rssSamples: [RSSSample]?
+        public struct RSSSample: Codable, Sendable, Equatable {
+            public var images: Int
+            public var rssBytes: Int
+            public init(images: Int, rssBytes: Int) { self.images = images; self.rssBytes = rssBytes }
+            enum CodingKeys: String, CodingKey { case images, rssBytes = "rss_bytes" }
+        }
         public init(name: String, seconds: Double, flops: Double? = nil, sgemmRate: Double? = nil, precision: String? = nil) {
             self.name = name
             self.seconds = seconds
@@ -146,6 +161,8 @@ public struct BenchReport: Codable, Sendable, Equatable {
             case name = "case", seconds, floorSeconds = "floor_seconds", ratioToFloor = "ratio_to_floor", gflop
             case imagesPerSecond = "images_per_second", vectors, msPerQuery = "ms_per_query", recall, bytesPerVector = "bytes_per_vector"
             case precision
+            case peakRSSBytes = "peak_rss_bytes", baselineRSSBytes = "baseline_rss_bytes", relativeTo = "relative_to", ratio
+            case rssSamples = "rss_samples"
         }
     }
 

@@ -49,6 +49,10 @@ public struct SegmentationResult: Sendable {
     public let meanScore: [Double]
     /// Seconds per stage.
     public let timings: [String: Double]
+    /// The full-resolution stage's own accounting (one-stage `Segmenter.segment`): the bytes of its
+    /// buffers alive at once at the most (labels, winning values, scores when asked, the column
+    /// tiles' rows); 0 when not reported.
+    public var fullResolutionBytes = 0
 }
 
 /// Intermediate maps of one image (for tests and the reference check).
@@ -140,14 +144,17 @@ public final class Segmenter: @unchecked Sendable {
     /// Segments one image with the given query embeddings (from `queryEmbeddings`).
     ///
     /// Memory stays bounded for large images and many classes: the averaged window logits are kept
-    /// at the rescaled size; at the original size the queries are taken `queryChunk` at a time
-    /// (resized, refined with PAMR affinities computed once), and each pixel keeps only its best
-    /// query and a running log-sum-exp. Softmax then max over a class's names equals the softmax
-    /// value of the class's best name, so labels and winning values are those of `finish(logits:...)`
-    /// on the full [Q, H, W] logits (see the test `streamedSegmentEqualsFullLogits`). The full
-    /// [C, H, W] array is built only when `wantScores` is set.
+    /// at the rescaled size; the original size is worked in column tiles swept top to bottom
+    /// (`labelFullResolution`, TiledRefinement.swift), each tile widened by PAMR's reach
+    /// (iterations x largest dilation) so that its interior equals the whole-image computation bit
+    /// for bit, and queries are taken as many at a time as the memory budget allows (at most
+    /// `queryChunk` when given). Each pixel keeps only its best query and a running log-sum-exp:
+    /// softmax then max over a class's names equals the softmax value of the class's best name, so
+    /// labels and winning values are those of `finish(logits:...)` on the full [Q, H, W] logits (see
+    /// the test `streamedSegmentEqualsFullLogits`). The full [C, H, W] scores are built only when
+    /// `wantScores` is set (4 bytes x classes x pixels).
     public func segment(_ image: RGBImage, classes set: ClassSet, queries: [[Float]], wantScores: Bool = false,
-                        queryChunk: Int = 8) throws -> SegmentationResult {
+                        queryChunk: Int? = nil) throws -> SegmentationResult {
         let budget = enterThreads(threads)
         defer { budget.leave() }
         guard queries.count == set.queries.count else {
@@ -156,91 +163,22 @@ public final class Segmenter: @unchecked Sendable {
         var timings: [String: Double] = [:]
         let win = try windowLogits(image, queries: queries, set: set, timings: &timings)
         var clock = Stopwatch()
-        func lap(_ name: String) { clock.lap(name, into: &timings) }
-        let (h, w) = (image.height, image.width), hw = h * w
-        let owners = set.queries.map(\.owner), q = owners.count, nc = set.classes.count
-        let pamr = options.refine == .pamr ? try makePAMR(win.normalised, rescaledWidth: win.width, rescaledHeight: win.height, width: w, height: h) : nil
-        lap("refine")
-        let scale = options.logitScale
-        var best = [Float](repeating: -.infinity, count: hw)      // best scaled logit
-        var owner = [UInt8](repeating: 0, count: hw)              // class (or background = nc) of the best query
-        var lseMax = [Float](repeating: -.infinity, count: hw), lseSum = [Float](repeating: 0, count: hw)
-        var classMax: [Float]? = wantScores ? [Float](repeating: -.infinity, count: nc * hw) : nil
-        let chunk = max(1, queryChunk)
-        var chunkBuf = [Float](repeating: 0, count: min(chunk, q) * hw)
-        var start = 0
-        while start < q {
-            let n = min(chunk, q - start)
-            chunkBuf.withUnsafeMutableBufferPointer {
-                resizeBilinearCHW(win.logits.ptr + start * win.height * win.width, channels: n, height: win.height, width: win.width,
-                                  $0.baseAddress!, outHeight: h, outWidth: w)
-            }
-            lap("head")
-            var part = chunkBuf
-            if let pamr {
-                part = try pamr.refine(chunkBuf, channels: n, iterations: options.pamrIterations, threads: threads)  // channels past n: unused
-                lap("refine")
-            }
-            for k in 0..<n {
-                let o = owners[start + k]
-                // hot loop: unchecked via unsafe buffer pointers
-                part.withUnsafeBufferPointer { pp in
-                    best.withUnsafeMutableBufferPointer { best in owner.withUnsafeMutableBufferPointer { owner in
-                    lseMax.withUnsafeMutableBufferPointer { lseMax in lseSum.withUnsafeMutableBufferPointer { lseSum in
-                        let src = pp.baseAddress! + k * hw
-                        for px in 0..<hw {
-                            let v = src[px] * scale
-                            if v > best[px] { best[px] = v; owner[px] = UInt8(o) }
-                            if v > lseMax[px] { lseSum[px] = lseSum[px] * expf(lseMax[px] - v) + 1; lseMax[px] = v }
-                            else { lseSum[px] += expf(v - lseMax[px]) }
-                        }
-                    } }
-                    } }
-                }
-                if o < nc, classMax != nil {
-                    part.withUnsafeBufferPointer { pp in
-                        let src = pp.baseAddress! + k * hw
-                        classMax!.withUnsafeMutableBufferPointer { cm in
-                            for px in 0..<hw { let v = src[px] * scale; if v > cm[o * hw + px] { cm[o * hw + px] = v } }
-                        }
-                    }
-                }
-            }
-            lap("scores")
-            start += n
+        let (h, w) = (image.height, image.width)
+        var settings = FullResolutionSettings(scale: options.logitScale, threshold: options.threshold,
+                                              iterations: options.refine == .pamr ? options.pamrIterations : 0,
+                                              dilations: options.pamrDilations, wantScores: wantScores, threads: threads)
+        settings.maxQueriesPerPass = queryChunk
+        let out = try win.normalised.withUnsafeBufferPointer { norm in
+            try labelFullResolution(logits: UnsafePointer(win.logits.ptr), guide: norm.baseAddress!, rescaledHeight: win.height,
+                                    rescaledWidth: win.width, height: h, width: w, owners: set.queries.map(\.owner),
+                                    classes: set.classes.count, settings: settings)
         }
-        var labels = [UInt8](repeating: 255, count: hw)
-        var area = [Double](repeating: 0, count: nc), sum = [Double](repeating: 0, count: nc)
-        let thr = options.threshold
-        // hot loop: unchecked via unsafe buffer pointers
-        owner.withUnsafeBufferPointer { owner in best.withUnsafeBufferPointer { best in
-        lseMax.withUnsafeBufferPointer { lseMax in lseSum.withUnsafeBufferPointer { lseSum in
-        labels.withUnsafeMutableBufferPointer { labels in
-        area.withUnsafeMutableBufferPointer { area in sum.withUnsafeMutableBufferPointer { sum in
-            for px in 0..<hw {
-                let o = Int(owner[px])
-                let value = expf(best[px] - lseMax[px]) / lseSum[px]
-                if o < nc && value >= thr { labels[px] = UInt8(o); area[o] += 1; sum[o] += Double(value) }
-            }
-        } }
-        }
-        } }
-        } }
-        var scores: [Float]? = nil
-        if var cm = classMax {
-            // hot loop: unchecked via unsafe buffer pointers
-            cm.withUnsafeMutableBufferPointer { cm in
-                lseMax.withUnsafeBufferPointer { lseMax in lseSum.withUnsafeBufferPointer { lseSum in
-                    for c in 0..<nc { for px in 0..<hw { cm[c * hw + px] = expf(cm[c * hw + px] - lseMax[px]) / lseSum[px] } }
-                } }
-            }
-            scores = cm
-        }
-        lap("scores")
         withExtendedLifetime(win.logits) {}
-        return SegmentationResult(width: w, height: h, labels: labels, scores: scores,
-                                  areaFraction: area.map { $0 / Double(hw) },
-                                  meanScore: zip(sum, area).map { $1 > 0 ? $0 / $1 : 0 }, timings: timings)
+        clock.lap("full_resolution", into: &timings)
+        var result = SegmentationResult(width: w, height: h, labels: out.labels, scores: out.scores,
+                                        areaFraction: out.area, meanScore: out.mean, timings: timings)
+        result.fullResolutionBytes = out.bufferBytes
+        return result
     }
 
     /// PAMR for an image: guide = the normalised rescaled image bilinearly resized to the original size.

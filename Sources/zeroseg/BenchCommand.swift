@@ -22,7 +22,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Also write the results as JSON to this file.")
     var json: String?
 
-    @Option(help: "Comma-separated cases to run: image, text, segment, pamr, folder, vpt_step, tune_text_step, index, search, accuracy (default: the first five).")
+    @Option(help: "Comma-separated cases to run: image, text, segment, pamr, folder, vpt_step, tune_text_step, index, search, accuracy, large, folder_memory (default: the first five).")
     var cases: String = "image,text,segment,pamr,folder"
 
     @Option(help: "Precisions of the image, text and segment cases, comma-separated (fp32, bf16, int8; default: --precision). Cases at bf16 / int8 are named with the suffix [bf16] / [int8]; the accuracy case compares each of them with fp32. A precision this CPU cannot run is left out, with a notice.")
@@ -33,6 +33,15 @@ struct BenchCommand: ParsableCommand {
 
     @Option(help: "Images in the folder case.")
     var folderImages: Int = 8
+
+    @Option(help: "Picture sizes of the large case (WxH, comma-separated; times are given as ratios to the first).")
+    var largeSizes: String = "480x360,4000x3000"
+
+    @Option(help: "Images in the folder_memory case (160x120 each).")
+    var memoryImages: Int = 2000
+
+    @Option(help: "Short side the folder_memory case rescales to (the segmentation setting; smaller is faster).")
+    var memoryShortSide: Int = 336
 
     @Option(help: "Pictures of the index case: the first --index-count image files of this folder (sorted by name; repeated when fewer). Default: ../shared/data/camvid/val when it exists, else examples.")
     var indexPictures: String?
@@ -53,13 +62,26 @@ struct BenchCommand: ParsableCommand {
         let unknown = selected.subtracting(Self.allCases)
         guard unknown.isEmpty else { throw ValidationError("unknown --cases \(unknown.sorted().joined(separator: ", ")): use \(Self.allCases.sorted().joined(separator: ", "))") }
         guard folderImages >= 1 else { throw ValidationError("--folder-images must be at least 1") }
+        guard let sizes = parsedLargeSizes, !sizes.isEmpty else {
+            throw ValidationError("--large-sizes \"\(largeSizes)\": use comma-separated WxH sizes, e.g. 480x360,4000x3000")
+        }
+        guard memoryImages >= 100 else { throw ValidationError("--memory-images must be at least 100") }
+        guard memoryShortSide >= 16 && memoryShortSide <= 2048 else { throw ValidationError("--memory-short-side must be between 16 and 2048") }
         guard indexCount >= 1 && indexCount <= 10_000 else { throw ValidationError("--index-count must be between 1 and 10000") }
         guard let sizes = parsedSearchSizes, !sizes.isEmpty, sizes.allSatisfy({ $0 >= 1000 && $0 <= 20_000_000 }) else {
             throw ValidationError("--search-sizes must be comma-separated counts between 1000 and 20000000")
         }
     }
 
-    static let allCases: Set<String> = ["image", "text", "segment", "pamr", "folder", "vpt_step", "tune_text_step", "index", "search", "accuracy"]
+    static let allCases: Set<String> = ["image", "text", "segment", "pamr", "folder", "vpt_step", "tune_text_step", "index", "search", "accuracy",
+                                        "large", "folder_memory"]
+
+    /// `--large-sizes` parsed (nil when malformed).
+    var parsedLargeSizes: [(width: Int, height: Int)]? {
+        let parts = largeSizes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased().split(separator: "x").map { Int($0) } }
+        guard parts.allSatisfy({ $0.count == 2 && $0.allSatisfy { ($0 ?? 0) >= 1 && ($0 ?? 0) <= 40_000 } }) else { return nil }
+        return parts.map { ($0[0]!, $0[1]!) }
+    }
 
     /// `--precisions` parsed (nil when malformed or repeated).
     var parsedPrecisions: [Precision]? {
@@ -88,6 +110,7 @@ struct BenchCommand: ParsableCommand {
             print(line)
             rows.append(r)
         }
+        let loadedRSS = Bench.currentRSS()
         let rate = Bench.sgemmRate(threads: t)
         print(String(format: "sgemm (ViT-B/16 layer shapes, %d threads): %.1f GFLOP/s", t, rate / 1e9)
               + ", OpenBLAS kernels \(BLASKernels.coreName)"
@@ -289,6 +312,76 @@ struct BenchCommand: ParsableCommand {
                     rows[rows.count - 1].bytesPerVector = a.bytesPerVector
                 }
             }
+        }
+        // Large pictures: segmentation (one-stage, default settings, the 11 CamVid classes, warm
+        // class queries) of street-like pictures of each --large-sizes size, made in the process:
+        // best time (the sizes take turns), ratio to the first size, and the peak resident size of
+        // one run of each (the picture already in memory).
+        if selected.contains("large") {
+            let set = try ClassSet(classes: Self.camvid.map { [$0] })
+            let seg = try Segmenter(model: model, options: SegmentationOptions(), threads: t)
+            let cacheDir = FileManager.default.temporaryDirectory.appendingPathComponent("zeroseg-bench-large-\(UUID().uuidString)")
+            defer { try? FileManager.default.removeItem(at: cacheDir) }
+            let queries = try seg.queryEmbeddings(set, templates: Templates.imagenet80, cache: TextEmbeddingCache(model: model, root: cacheDir))
+            let sizes = parsedLargeSizes ?? []
+            var peaks: [Int] = [], buffers: [Int] = []
+            for (w, h) in sizes {
+                let image = try Self.benchImage(width: w, height: h)
+                Bench.resetPeakRSS()
+                let r = try seg.segment(image, classes: set, queries: queries)
+                peaks.append(Bench.peakRSSSinceReset())
+                buffers.append(r.fullResolutionBytes)
+            }
+            let images = try sizes.map { try Self.benchImage(width: $0.width, height: $0.height) }
+            let times = try Bench.bestInterleaved(repeats, images.map { img in { _ = try seg.segment(img, classes: set, queries: queries) } })
+            let first = "segment \(sizes[0].width)x\(sizes[0].height) (11 classes, warm)"
+            for (i, (w, h)) in sizes.enumerated() {
+                let name = "segment \(w)x\(h) (11 classes, warm)"
+                report(name, times[i], extra: String(format: "x%.2f of %dx%d; peak RSS %.0f MB = %.0f MB after loading the model + %.0f MB; full-resolution buffers %.0f MB",
+                                                     times[i] / times[0], sizes[0].width, sizes[0].height, Double(peaks[i]) / 1e6,
+                                                     Double(loadedRSS) / 1e6, Double(peaks[i] - loadedRSS) / 1e6, Double(buffers[i]) / 1e6))
+                rows[rows.count - 1].peakRSSBytes = peaks[i]
+                rows[rows.count - 1].baselineRSSBytes = loadedRSS
+                rows[rows.count - 1].relativeTo = first
+                rows[rows.count - 1].ratio = times[i] / times[0]
+            }
+        }
+        // Memory over a long folder: --memory-images 160x120 PNGs through the segmentation pipeline
+        // (all outputs written), the resident size after 100 images and after the last.
+        if selected.contains("folder_memory") {
+            let n = memoryImages
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("zeroseg-bench-memory-\(UUID().uuidString)")
+            defer { try? FileManager.default.removeItem(at: dir) }
+            let inDir = dir.appendingPathComponent("in"), outDir = dir.appendingPathComponent("out")
+            try FileManager.default.createDirectory(at: inDir, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
+            let files = try (0..<n).map { i -> URL in
+                let u = inDir.appendingPathComponent(String(format: "small%05d.png", i))
+                try writeRGBPNG(try Self.benchImage(width: 160, height: 120, seed: UInt64(1000 + i)), to: u)
+                return u
+            }
+            var settings = SegmentationSettings()
+            settings.options.shortSide = memoryShortSide
+            settings.options.window = min(settings.options.window, memoryShortSide)
+            settings.options.stride = min(settings.options.stride, settings.options.window)
+            let pipeline = try SegmentationPipeline(model: model, classes: ClassSet(classes: Self.camvid.map { [$0] }),
+                                                    settings: settings, threads: t,
+                                                    cache: TextEmbeddingCache(model: model, root: dir.appendingPathComponent("cache")))
+            var samples: [BenchReport.Case.RSSSample] = []
+            Bench.resetPeakRSS()
+            let t0 = Date()
+            let summary = pipeline.run(files, into: outDir, progress: { done, _, _ in
+                if done == 100 || done == n { samples.append(.init(images: done, rssBytes: Bench.currentRSS())) }
+            })
+            let seconds = Date().timeIntervalSince(t0)
+            if let f = summary.failed.first { throw f.error }
+            let a = samples.first?.rssBytes ?? 0, b = samples.last?.rssBytes ?? 0
+            report("folder of \(n) images 160x120, memory" + (memoryShortSide == 336 ? "" : " (short side \(memoryShortSide))"), seconds,
+                   extra: String(format: "RSS after 100 images %.1f MB, after %d %.1f MB (%+.1f MB); %.1f images/s",
+                                 Double(a) / 1e6, n, Double(b) / 1e6, Double(b - a) / 1e6, Double(n) / seconds))
+            rows[rows.count - 1].rssSamples = samples
+            rows[rows.count - 1].peakRSSBytes = Bench.peakRSSSinceReset()
+            rows[rows.count - 1].baselineRSSBytes = loadedRSS
         }
         // Each low precision against fp32 on the same inputs (random weights: this measures the
         // arithmetic, not segmentation quality).
