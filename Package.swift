@@ -104,8 +104,24 @@ let package = Package(
         .testTarget(
             name: "ZeroSegTests",
             dependencies: ["ZeroSeg", "ZeroSegTestSupport", "ZeroSegANN", "ZeroSegService", "CMatmul",
-                           .product(name: "HummingbirdTesting", package: "hummingbird")],
+                           .product(name: "HummingbirdTesting", package: "hummingbird"),
+                           .product(name: "GRDB", package: "GRDB.swift")],
             resources: [.copy("Fixtures")]
         ),
     ]
 )
+
+// The fuzz targets (Tests/Fuzz, run by scripts/fuzz.sh): one libFuzzer executable, declared only when
+// ZEROSEG_FUZZ=1 so that no normal build, test run or product sees it. scripts/fuzz.sh builds it in
+// its own scratch path (.build-fuzz) with `--sanitize=fuzzer --sanitize=address` (Swift and C
+// targets alike) and `-enable-testing` (the harnesses reach internal parsers with @testable).
+if Context.environment["ZEROSEG_FUZZ"] == "1" {
+    package.targets.append(.executableTarget(
+        name: "zeroseg-fuzz",
+        dependencies: ["ZeroSeg", "ZeroSegService", .product(name: "Hummingbird", package: "hummingbird"),
+                       .product(name: "GRDB", package: "GRDB.swift")],
+        path: "Tests/Fuzz/Sources",
+        // Harness globals (the selected target, set-up state) are plain globals: one thread.
+        swiftSettings: [.swiftLanguageMode(.v5)]))
+    package.products.append(.executable(name: "zeroseg-fuzz", targets: ["zeroseg-fuzz"]))
+}

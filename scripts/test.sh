@@ -8,7 +8,8 @@
 # by path as a dependency, built and run; then the same built tests again under conditions that
 # must not change any result: the portable element-wise kernels (ZEROSEG_KERNELS=portable), one
 # OpenBLAS thread, every library default at one thread, two copies at once (scripts/test-conditions.sh);
-# last, the served web page in headless Chromium (scripts/browser-test.sh).
+# with ZEROSEG_FUZZ_SMOKE=N, a fuzz smoke (scripts/fuzz.sh --smoke N: every fuzz target's corpus and
+# past crashes replayed, then N seconds of fuzzing each); last, the served web page in headless Chromium (scripts/browser-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ZEROSEG_SKIP_BUILD=1 bash scripts/setup.sh
@@ -30,6 +31,16 @@ ZEROSEG_KERNELS=portable swift test -c release --skip-build > "$log" 2>&1 || { c
 echo "portable kernels: $(grep -E '^(✔|✘) Test run with' "$log" | tail -1)" >&2
 
 bash scripts/test-conditions.sh
+
+# Fuzz smoke (scripts/fuzz.sh), opt-in: ZEROSEG_FUZZ_SMOKE=N builds the libFuzzer + AddressSanitizer
+# executable (.build-fuzz: every target and dependency again, with sanitizers: far longer than the
+# few minutes CI may grow, see docs/reliability.md), replays every target's committed corpus and
+# past crash inputs, then fuzzes each target N seconds. Without it, the past crash inputs still run
+# in the suite above, through the normal build (FuzzRegressionTests).
+if [ -n "${ZEROSEG_FUZZ_SMOKE:-}" ]; then
+  echo "== fuzz smoke: replay + ${ZEROSEG_FUZZ_SMOKE} s per target (scripts/fuzz.sh)" >&2
+  bash scripts/fuzz.sh --smoke "${ZEROSEG_FUZZ_SMOKE}" >&2
+fi
 
 # The web page of `zeroseg serve` in headless Chromium (installs chromium and selenium when
 # missing; ZEROSEG_SKIP_BROWSER=1 skips it).

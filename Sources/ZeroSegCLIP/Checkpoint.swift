@@ -105,8 +105,12 @@ public struct CheckpointFiles: Sendable {
     /// pooling or the tokenizer is refused by name, rather than loaded into a model that would compute
     /// something else.
     static func openCLIPConfig(_ url: URL) throws -> (CLIPConfig, PreprocessorConfig) {
-        let name = url.lastPathComponent
-        guard let data = FileManager.default.contents(atPath: url.path),
+        try openCLIPConfig(FileManager.default.contents(atPath: url.path), name: url.lastPathComponent)
+    }
+
+    /// The same from the file's contents (nil: unreadable); `name` names it in errors.
+    static func openCLIPConfig(_ data: Data?, name: String) throws -> (CLIPConfig, PreprocessorConfig) {
+        guard let data,
               let root = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any],
               let m = root["model_cfg"] as? [String: Any],
               let v = m["vision_cfg"] as? [String: Any], let t = m["text_cfg"] as? [String: Any]
@@ -127,6 +131,13 @@ public struct CheckpointFiles: Sendable {
             guard let r = d["mlp_ratio"], !(r is NSNull) else { return 4 }
             guard let n = isNumber(r), n.doubleValue > 0 else { throw ZeroSegError("\(name): mlp_ratio is not a positive number") }
             return n.doubleValue
+        }
+        /// int(width * mlp_ratio), as open_clip; a product past every size's bound (2^24) is refused
+        /// here, before converting it to an integer.
+        func mlpWidth(_ width: Int, _ d: [String: Any], _ tower: String) throws -> Int {
+            let x = Double(width) * (try ratio(d))
+            guard x < Double(1 << 24) else { throw ZeroSegError("\(name): \(tower).width x mlp_ratio = \(x) is out of range") }
+            return Int(x)
         }
         /// Set: not absent, null, false, or an empty object.
         func isSet(_ x: Any?) -> Bool {
@@ -188,12 +199,12 @@ public struct CheckpointFiles: Sendable {
             throw ZeroSegError("\(name): vision_cfg.width \(c.vision.hiddenSize) is not a multiple of head_width \(headWidth)")
         }
         c.vision.numAttentionHeads = c.vision.hiddenSize / headWidth
-        c.vision.intermediateSize = Int(Double(c.vision.hiddenSize) * (try ratio(v)))  // int(width * mlp_ratio), as open_clip
+        c.vision.intermediateSize = try mlpWidth(c.vision.hiddenSize, v, "vision_cfg")
         c.vision.hiddenAct = act
         c.text.hiddenSize = try int(t, "width")
         c.text.numHiddenLayers = try int(t, "layers")
         c.text.numAttentionHeads = try int(t, "heads", 8)
-        c.text.intermediateSize = Int(Double(c.text.hiddenSize) * (try ratio(t)))
+        c.text.intermediateSize = try mlpWidth(c.text.hiddenSize, t, "text_cfg")
         c.text.maxPositionEmbeddings = try int(t, "context_length", 77)
         c.text.vocabSize = try int(t, "vocab_size", 49408)
         c.text.hiddenAct = act

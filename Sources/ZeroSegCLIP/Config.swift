@@ -164,11 +164,15 @@ public struct PreprocessorConfig: Sendable, Equatable {
     public init(imageSize: Int) { shortestEdge = imageSize; cropSize = imageSize }
 
     public static func load(_ url: URL, imageSize: Int) throws -> PreprocessorConfig {
+        guard FileManager.default.fileExists(atPath: url.path) else { return PreprocessorConfig(imageSize: imageSize) }
+        return try parse(FileManager.default.contents(atPath: url.path), name: url.lastPathComponent, imageSize: imageSize)
+    }
+
+    /// The file's contents (nil: unreadable); `name` names it in errors.
+    static func parse(_ data: Data?, name: String, imageSize: Int) throws -> PreprocessorConfig {
         var p = PreprocessorConfig(imageSize: imageSize)
-        guard FileManager.default.fileExists(atPath: url.path) else { return p }
-        guard let data = FileManager.default.contents(atPath: url.path),
-              let root = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
-        else { throw ZeroSegError("\(url.lastPathComponent) is not a JSON object") }
+        guard let data, let root = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+        else { throw ZeroSegError("\(name) is not a JSON object") }
         func num(_ v: Any?) -> Int? { (v as? NSNumber)?.intValue }
         if let s = root["size"] {
             if let d = s as? [String: Any] { p.shortestEdge = num(d["shortest_edge"]) ?? num(d["height"]) ?? p.shortestEdge }
@@ -181,7 +185,7 @@ public struct PreprocessorConfig: Sendable, Equatable {
         if let m = root["image_mean"] as? [NSNumber], m.count == 3 { p.mean = m.map { $0.floatValue } }
         if let s = root["image_std"] as? [NSNumber], s.count == 3 { p.std = s.map { $0.floatValue } }
         guard p.shortestEdge > 0, p.cropSize > 0, p.std.allSatisfy({ $0 > 0 }) else {
-            throw ZeroSegError("\(url.lastPathComponent): bad size, crop_size or image_std")
+            throw ZeroSegError("\(name): bad size, crop_size or image_std")
         }
         return p
     }

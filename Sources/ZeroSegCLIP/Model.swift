@@ -116,11 +116,16 @@ public final class CLIPModel: @unchecked Sendable {
     static func checkTokenizerClass(_ directory: URL) throws {
         let url = directory.appendingPathComponent("tokenizer_config.json")
         guard let data = FileManager.default.contents(atPath: url.path) else { return }
+        try checkTokenizerClass(data, path: url.path)
+    }
+
+    /// The same for the file's contents (`path` names it in errors).
+    static func checkTokenizerClass(_ data: Data, path: String) throws {
         guard let root = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
-            throw ZeroSegError.badModel("\(url.path) is not a JSON object")
+            throw ZeroSegError.badModel("\(path) is not a JSON object")
         }
         if let name = root["tokenizer_class"] as? String, !["CLIPTokenizer", "CLIPTokenizerFast"].contains(name) {
-            throw ZeroSegError.badModel("\(url.path) names the tokenizer \(name): zeroseg tokenizes as CLIPTokenizer only")
+            throw ZeroSegError.badModel("\(path) names the tokenizer \(name): zeroseg tokenizes as CLIPTokenizer only")
         }
     }
 

@@ -52,6 +52,16 @@ final class MappedFile: @unchecked Sendable {
     }
     private let isMapped: Bool
 
+    /// A copy of `bytes` in allocated memory of exactly that size (the parsers' fuzz targets: a read
+    /// past the end is then an AddressSanitizer report, where a mapping would round up to a page).
+    init(copying bytes: UnsafeRawBufferPointer) {
+        size = bytes.count
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(size, 1), alignment: 64)
+        if let src = bytes.baseAddress, size > 0 { p.copyMemory(from: src, byteCount: size) }
+        base = UnsafeRawPointer(p)
+        isMapped = false
+    }
+
     deinit {
         if isMapped { munmap(UnsafeMutableRawPointer(mutating: base), size) }
         else { UnsafeMutableRawPointer(mutating: base).deallocate() }
@@ -146,8 +156,10 @@ public final class SafetensorsFile: TensorSource, @unchecked Sendable {
                 throw bad("tensor \(key) offsets [\(b), \(en)] lie outside the data section (\(dataSize) bytes)")
             }
             guard let count = elementCount(shape) else { throw bad("tensor \(key) shape overflows") }
-            guard count * dtype.size == Int(en - b) else {
-                throw bad("tensor \(key) shape \(shape) x \(dtype.rawValue) needs \(count * dtype.size) bytes, offsets give \(en - b)")
+            let (bytes, overflow) = count.multipliedReportingOverflow(by: dtype.size)
+            guard !overflow else { throw bad("tensor \(key) shape \(shape) x \(dtype.rawValue) overflows") }
+            guard bytes == Int(en - b) else {
+                throw bad("tensor \(key) shape \(shape) x \(dtype.rawValue) needs \(bytes) bytes, offsets give \(en - b)")
             }
             infos[key] = TensorInfo(name: key, dtype: dtype, shape: shape, begin: Int(b), end: Int(en))
         }

@@ -56,10 +56,14 @@ public final class TorchCheckpoint: TensorSource, @unchecked Sendable {
 
     /// Reads a checkpoint. `verifyChecksums` also checks the CRC-32 of every storage record of a
     /// zip checkpoint (reading the whole file); `data.pkl` and `byteorder` are always checked.
-    public init(path: String, verifyChecksums: Bool = false) throws {
+    public convenience init(path: String, verifyChecksums: Bool = false) throws {
+        try self.init(file: MappedFile(path: path), path: path, verifyChecksums: verifyChecksums)
+    }
+
+    /// The checkpoint in `file` (`path` names it in errors).
+    init(file: MappedFile, path: String, verifyChecksums: Bool = false) throws {
         self.path = path
         let name = (path as NSString).lastPathComponent
-        let file = try MappedFile(path: path)
         self.file = file
         let bytes = UnsafeRawBufferPointer(start: file.base, count: file.size)
         let handler = TorchPickleHandler(name: name)
@@ -186,8 +190,10 @@ public final class TorchCheckpoint: TensorSource, @unchecked Sendable {
                     throw ZeroSegError("invalid PyTorch checkpoint \(name): storage \(s.key) has \(data.size) bytes, "
                         + "\(s.numel) \(s.dtype.rawValue) elements need \(s.numel * es)")
                 }
-                let start = data.offset + t.offset * es
                 let count = t.count
+                // An empty tensor's storage offset is not bounded by its storage (torch does not
+                // check it either): it is not used, and multiplying it could overflow.
+                let start = count == 0 ? data.offset : data.offset + t.offset * es
                 let begin = count == 0 ? data.offset : start
                 let end = count == 0 ? data.offset : start + (t.maxIndex + 1) * es
                 infos[key] = TensorInfo(name: key, dtype: s.dtype, shape: t.shape, begin: begin, end: end)

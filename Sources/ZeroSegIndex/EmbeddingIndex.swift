@@ -136,6 +136,8 @@ public final class EmbeddingIndex: @unchecked Sendable {
     /// approximate index and its recall is good).
     public static let approximateThreshold = 500_000
 
+    /// Largest embedding width an index holds (an index's database saying more is damaged).
+    static let maxDimension = 8192
     static let databaseName = "index.sqlite"
 
     private init(directory: URL, identity: IndexIdentity, regionMode: RegionMode, db: IndexDatabase, indexID: UUID, writer: WriterLock?) {
@@ -151,8 +153,8 @@ public final class EmbeddingIndex: @unchecked Sendable {
 
     /// Creates a new index in `directory` (made if missing; it must not hold an index already).
     public static func create(at directory: URL, identity: IndexIdentity, regions: RegionMode) throws -> EmbeddingIndex {
-        guard identity.dim >= 1 && identity.dim <= 8192 else {
-            throw ZeroSegError.invalidArgument("embedding width \(identity.dim) is outside 1...8192", parameter: "dim")
+        guard (1...maxDimension).contains(identity.dim) else {
+            throw ZeroSegError.invalidArgument("embedding width \(identity.dim) is outside 1...\(maxDimension)", parameter: "dim")
         }
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -193,7 +195,7 @@ public final class EmbeddingIndex: @unchecked Sendable {
         guard try need("format") == IndexDatabase.formatVersion else {
             throw ZeroSegError.unsupported("index \(directory.path) has format \(meta["format"]!), this zeroseg reads format \(IndexDatabase.formatVersion)")
         }
-        guard let dim = Int(try need("dim")), let regions = RegionMode(rawValue: try need("regions")),
+        guard let dim = Int(try need("dim")), (1...maxDimension).contains(dim), let regions = RegionMode(rawValue: try need("regions")),
               let id = UUID(uuidString: try need("index_id")) else {
             throw ZeroSegError.badInput("index \(directory.path) is damaged (bad dim, regions or index_id)", file: directory.path)
         }

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import ZeroSegCore
+import ZeroSegImaging
 import ZeroSegSegmentation
 #if canImport(Glibc)
 import Glibc
@@ -54,12 +55,31 @@ public struct RLEMask: Sendable, Equatable, Codable {
         self.init(width: width, height: height, counts: counts)
     }
 
-    /// The mask as bits: [height, width] (row-major, 1 inside).
+    /// Whether the mask is one `init(bits:width:height:)` can make: a size of at most
+    /// `RGBImage.defaultMaxPixels` pixels, and runs (none negative) that cover it exactly. Masks
+    /// read back from an index are checked with it (a damaged database is an error, not a crash).
+    public var isWellFormed: Bool {
+        guard width >= 0, height >= 0 else { return false }
+        let (n, o) = width.multipliedReportingOverflow(by: height)
+        guard !o, n <= RGBImage.defaultMaxPixels else { return false }
+        var total = 0
+        for c in counts {
+            guard c >= 0 else { return false }
+            total += c
+            guard total <= n else { return false }
+        }
+        return total == n
+    }
+
+    /// The mask as bits: [height, width] (row-major, 1 inside); empty for a mask that is not
+    /// `isWellFormed`.
     public func bits() -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: width * height)
+        guard isWellFormed else { return [] }
+        let n = width * height
+        var out = [UInt8](repeating: 0, count: n)
         var i = 0, value: UInt8 = 0
         for c in counts {
-            for j in i..<min(i + c, width * height) { out[(j % height) * width + j / height] = value }
+            for j in i..<(i + c) { out[(j % height) * width + j / height] = value }
             i += c
             value ^= 1
         }
@@ -240,6 +260,9 @@ final class IndexDatabase: @unchecked Sendable {
         var byNumber: [Int: Int] = [:]
         for row in try Row.fetchAll(db, sql: "SELECT number, rows, crc FROM shards WHERE kind = ? ORDER BY number", arguments: [kind.rawValue]) {
             let n: Int = row["number"], r: Int = row["rows"], c: Int64 = row["crc"]
+            guard n >= 0, (0...shardCapacity).contains(r) else {
+                throw ZeroSegError.badInput("index database says \(kind.fileStem) shard \(n) holds \(r) rows (0 to \(shardCapacity) are possible): the index is damaged; rebuild it")
+            }
             byNumber[n] = shards.count
             shards.append(ShardSlots(number: n, rows: r, crc: UInt32(truncatingIfNeeded: c), ids: [Int64](repeating: -1, count: r), images: [Int64](repeating: -1, count: r)))
         }

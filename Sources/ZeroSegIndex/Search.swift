@@ -107,11 +107,21 @@ extension EmbeddingIndex {
             }
             var region: IndexRegion?
             if (r["kind"] as Int) == VectorKind.region.rawValue, let x0: Int = r["x0"] {
-                let mask: RLEMask? = try (r["mask"] as String?).map { try JSONDecoder().decode(RLEMask.self, from: Data($0.utf8)) }
+                let mask: RLEMask? = try (r["mask"] as String?).map { try Self.decodeMask($0, vector: c.id) }
                 region = IndexRegion(box: PixelBox(x0: x0, y0: r["y0"], x1: r["x1"], y1: r["y1"]), source: r["source"] ?? "", mask: mask)
             }
             return SearchHit(id: c.id, score: c.score, image: image, region: region)
         }
+    }
+}
+
+extension EmbeddingIndex {
+    /// A region mask as the database stores it (RLE JSON), checked: a damaged one is an error.
+    static func decodeMask(_ json: String, vector id: Int64) throws -> RLEMask {
+        guard let m = try? JSONDecoder().decode(RLEMask.self, from: Data(json.utf8)), m.isWellFormed else {
+            throw ZeroSegError.badInput("the index database holds a malformed region mask for vector \(id): the index is damaged; rebuild it")
+        }
+        return m
     }
 }
 

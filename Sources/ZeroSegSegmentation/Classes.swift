@@ -57,10 +57,15 @@ public struct ClassSet: Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: url.path) else {
             throw ZeroSegError("cannot read class file \(url.path)")
         }
-        guard let text = String(data: data, encoding: .utf8) else { throw ZeroSegError("class file \(url.path) is not UTF-8") }
+        return try parseFile(data, source: url.path, background: background)
+    }
+
+    /// A class file's contents (`source` names it in errors).
+    static func parseFile(_ data: Data, source: String, background: [String]) throws -> ClassSet {
+        guard let text = String(data: data, encoding: .utf8) else { throw ZeroSegError("class file \(source) is not UTF-8") }
         let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
             .filter { !$0.isEmpty && !$0.hasPrefix("#") }
-        guard !lines.isEmpty else { throw ZeroSegError("class file \(url.path) has no classes") }
+        guard !lines.isEmpty else { throw ZeroSegError("class file \(source) has no classes") }
         return try ClassSet(classes: lines.map { try splitNames($0) }, background: background)
     }
 
