@@ -1,0 +1,1 @@
+../../Fuzz/Sources/Multipart.swift
