@@ -33,6 +33,11 @@ final class WorkerPool: @unchecked Sendable {
     private var running = 0
     private var stopping = false
     private var threads: [Thread] = []
+    private var holdNext: (@Sendable () -> Void)?
+
+    /// Tests only: the next job to start first calls `hold` on its worker (counted as running):
+    /// a test holds a job "in flight" for as long as it needs, whatever the machine's load.
+    func holdNextJob(_ hold: @escaping @Sendable () -> Void) { condition.withLock { holdNext = hold } }
 
     init(workers: Int, queueDepth: Int) {
         self.workers = workers
@@ -58,7 +63,10 @@ final class WorkerPool: @unchecked Sendable {
             let t = queue.removeFirst()
             t.started = true
             running += 1
+            let hold = holdNext
+            holdNext = nil
             condition.unlock()
+            hold?()
             t.work()
             condition.withLock { running -= 1 }
         }

@@ -236,14 +236,18 @@ import ZeroSegTestSupport
 
     // MARK: The pool: full queue, timeout, drain
 
-    /// Starts a slow segmentation and waits (bounded) until a worker is computing it.
-    static func startSlow(_ client: any TestClientProtocol, _ service: ZeroSegService) async throws -> Task<TestResponse, any Error> {
-        let body = Self.multipart([Self.file("image", Self.chelsea), Self.text("classes", Self.classes), Self.text("short-side", "1600")])
+    /// Starts a segmentation that its worker holds before computing until `release()` (so it is
+    /// in flight however loaded the machine is), and waits (bounded) until the worker has it.
+    static func startSlow(_ client: any TestClientProtocol, _ service: ZeroSegService) async throws
+        -> (task: Task<TestResponse, any Error>, release: @Sendable () -> Void) {
+        let gate = DispatchSemaphore(value: 0)
+        service.pool.holdNextJob { _ = gate.wait(timeout: .now() + 600) }
+        let body = Self.multipart([Self.file("image", Self.chelsea), Self.text("classes", Self.classes)])
         let task = Task { try await client.execute(uri: "/v1/segment", method: .post, headers: Self.multipartHeaders, body: body) }
-        let deadline = Date().addingTimeInterval(60)
+        let deadline = Date().addingTimeInterval(300)
         while service.pool.busy == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(5)) }
-        #expect(service.pool.busy == 1, "the slow request never started")
-        return task
+        #expect(service.pool.busy == 1, "the held request never started")
+        return (task, { gate.signal() })
     }
 
     /// One worker, no queue: a second request while the first computes gets 503 with
@@ -251,11 +255,12 @@ import ZeroSegTestSupport
     @Test func fullQueueIs503() async throws {
         let service = try Self.service { $0.limits.workers = 1; $0.limits.queueDepth = 0; $0.limits.retryAfter = 7 }
         try await Self.test(service) { client in
-            let slow = try await Self.startSlow(client, service)
+            let (slow, release) = try await Self.startSlow(client, service)
             let body = Self.multipart([Self.file("image", Self.chelsea), Self.text("classes", "cat")])
             let refused = try await client.execute(uri: "/v1/segment", method: .post, headers: Self.multipartHeaders, body: body)
             try Self.expectError(refused, .serviceUnavailable, containing: "busy")
             #expect(refused.headers[.retryAfter] == "7")
+            release()
             #expect(try await slow.value.status == .ok)
             let metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
             #expect(metrics.contains("zeroseg_http_requests_total{route=\"/v1/segment\",status=\"503\"} 1"), "\(metrics.prefix(2000))")
@@ -272,12 +277,13 @@ import ZeroSegTestSupport
     @Test func requestTimeout() async throws {
         let service = try Self.service { $0.limits.workers = 1; $0.limits.queueDepth = 4; $0.limits.requestTimeout = 0.2 }
         try await Self.test(service) { client in
-            let slow = try await Self.startSlow(client, service)
+            let (slow, release) = try await Self.startSlow(client, service)
             let body = Self.multipart([Self.file("image", Self.chelsea), Self.text("classes", "cat")])
             let late = try await client.execute(uri: "/v1/segment", method: .post, headers: Self.multipartHeaders, body: body)
             try Self.expectError(late, .serviceUnavailable, containing: "timed out")
             #expect(late.headers[.retryAfter] != nil)
             #expect(service.pool.waiting == 0)
+            release()
             _ = try await slow.value  // the slow one itself may time out too: either answer is fine
         }
     }
@@ -289,15 +295,16 @@ import ZeroSegTestSupport
         try await Self.test(service) { client in
             let health = try await client.execute(uri: "/healthz", method: .get)
             #expect(health.status == .ok && String(buffer: health.body).contains("\"ok\""))
-            let slow = try await Self.startSlow(client, service)
+            let (slow, release) = try await Self.startSlow(client, service)
             let stopping = Task { await service.shutdown() }
-            let deadline = Date().addingTimeInterval(10)
+            let deadline = Date().addingTimeInterval(120)
             while !service.state.draining && Date() < deadline { try await Task.sleep(for: .milliseconds(2)) }
             let refused = try await client.execute(uri: "/v1/info", method: .get)
             try Self.expectError(refused, .serviceUnavailable, containing: "shutting down")
             #expect(refused.headers[.retryAfter] != nil)
             let h = try await client.execute(uri: "/healthz", method: .get)
             #expect(h.status == .serviceUnavailable && String(buffer: h.body).contains("draining"))
+            release()
             #expect(try await slow.value.status == .ok)
             await stopping.value
         }
