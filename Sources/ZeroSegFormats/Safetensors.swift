@@ -118,8 +118,9 @@ public final class SafetensorsFile: TensorSource, @unchecked Sendable {
         let name = (path as NSString).lastPathComponent
         func bad(_ why: String) -> ZeroSegError { .badModel("invalid safetensors file \(name): \(why)") }
         guard file.size >= 8 else { throw bad("file is \(file.size) bytes, shorter than the 8-byte header length") }
-        let n = Int(UInt64(littleEndian: file.base.loadUnaligned(as: UInt64.self)))
-        guard n >= 2, n <= Self.maxHeader else { throw bad("header length \(n) is not sane") }
+        let raw = UInt64(littleEndian: file.base.loadUnaligned(as: UInt64.self))
+        guard raw >= 2, raw <= UInt64(Self.maxHeader) else { throw bad("header length \(raw) is not sane") }
+        let n = Int(raw)
         guard 8 + n <= file.size else { throw bad("header length \(n) runs past the end of the file (\(file.size) bytes)") }
         let headerData = Data(bytes: file.base + 8, count: n)
         guard let json = try? JSONSerialization.jsonObject(with: headerData), let obj = json as? [String: Any] else {

@@ -237,12 +237,15 @@ public final class EmbeddingIndex: @unchecked Sendable {
     }
 
     private func vector(id: Int64, retry: Bool) throws -> (vector: [Float], kind: VectorKind) {
-        guard let row = try db.reading({ try Row.fetchOne($0, sql: "SELECT kind, shard, slot FROM vectors WHERE id = ?", arguments: [id]) }),
-              let kind = VectorKind(rawValue: row["kind"]) else {
+        let found = try db.reading { d -> (kind: String, shard: Int, slot: Int)? in
+            guard let row = try Row.fetchOne(d, sql: "SELECT kind, shard, slot FROM vectors WHERE id = ?", arguments: [id]) else { return nil }
+            return (try row.decode(forColumn: "kind"), try row.decode(forColumn: "shard"), try row.decode(forColumn: "slot"))
+        }
+        guard let found, let kind = VectorKind(rawValue: found.kind) else {
             throw ZeroSegError.invalidArgument("no vector \(id) in the index", parameter: "id")
         }
         let snap = try snapshot(kind)
-        let shard: Int = row["shard"], slot: Int = row["slot"]
+        let (shard, slot) = (found.shard, found.slot)
         guard let view = snap.shards.first(where: { $0.slots.number == shard }), slot < view.map.rows, view.slots.ids[slot] == id else {
             // Added or moved after this reader's snapshot: once more with a fresh one.
             guard retry else { throw ZeroSegError.badInput("vector \(id) is named by the database but not in its shard: the index is damaged; rebuild it") }
@@ -298,7 +301,7 @@ public final class EmbeddingIndex: @unchecked Sendable {
     /// The append position of `kind`: its last shard, the rows in use there and their CRC.
     private func appendPosition(_ d: Database, _ kind: VectorKind) throws -> (shard: Int, rows: Int, crc: UInt32) {
         if let row = try Row.fetchOne(d, sql: "SELECT number, rows, crc FROM shards WHERE kind = ? ORDER BY number DESC LIMIT 1", arguments: [kind.rawValue]) {
-            return (row["number"], row["rows"], UInt32(truncatingIfNeeded: row["crc"] as Int64))
+            return (try row.decode(forColumn: "number"), try row.decode(forColumn: "rows"), UInt32(truncatingIfNeeded: try row.decode(Int64.self, forColumn: "crc")))
         }
         return (0, 0, 0)
     }

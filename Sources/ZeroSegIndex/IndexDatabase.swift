@@ -190,11 +190,21 @@ final class IndexDatabase: @unchecked Sendable {
     }
 
     func reading<T>(_ body: (Database) throws -> T) throws -> T {
-        do { return try pool.read(body) } catch let e as DatabaseError { throw Self.describe(e, url) }
+        do { return try pool.read(body) }
+        catch let e as DatabaseError { throw Self.describe(e, url) }
+        catch let e as RowDecodingError { throw Self.describe(e, url) }
     }
 
     func writing<T>(_ body: (Database) throws -> T) throws -> T {
-        do { return try pool.write(body) } catch let e as DatabaseError { throw Self.describe(e, url) }
+        do { return try pool.write(body) }
+        catch let e as DatabaseError { throw Self.describe(e, url) }
+        catch let e as RowDecodingError { throw Self.describe(e, url) }
+    }
+
+    /// A value of the wrong type where the schema wants another (a damaged or hand-edited database).
+    static func describe(_ e: RowDecodingError, _ url: URL) -> ZeroSegError {
+        let what = String(String(describing: e).map { $0.isNewline ? " " : $0 }.prefix(200))
+        return .badInput("index database \(url.path) holds a value of the wrong type (\(what)): the index is damaged; rebuild it", file: url.path)
     }
 
     // MARK: Meta
@@ -202,7 +212,7 @@ final class IndexDatabase: @unchecked Sendable {
     func meta() throws -> [String: String] {
         try reading { db in
             var m: [String: String] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT key, value FROM meta") { m[row["key"]] = row["value"] }
+            for row in try Row.fetchAll(db, sql: "SELECT key, value FROM meta") { m[try row.decode(forColumn: "key")] = try row.decode(forColumn: "value") }
             return m
         }
     }
@@ -259,7 +269,7 @@ final class IndexDatabase: @unchecked Sendable {
         var shards: [ShardSlots] = []
         var byNumber: [Int: Int] = [:]
         for row in try Row.fetchAll(db, sql: "SELECT number, rows, crc FROM shards WHERE kind = ? ORDER BY number", arguments: [kind.rawValue]) {
-            let n: Int = row["number"], r: Int = row["rows"], c: Int64 = row["crc"]
+            let n: Int = try row.decode(forColumn: "number"), r: Int = try row.decode(forColumn: "rows"), c: Int64 = try row.decode(forColumn: "crc")
             guard n >= 0, (0...shardCapacity).contains(r) else {
                 throw ZeroSegError.badInput("index database says \(kind.fileStem) shard \(n) holds \(r) rows (0 to \(shardCapacity) are possible): the index is damaged; rebuild it")
             }
@@ -268,7 +278,8 @@ final class IndexDatabase: @unchecked Sendable {
         }
         let cursor = try Row.fetchCursor(db, sql: "SELECT shard, slot, id, image_id FROM vectors WHERE kind = ?", arguments: [kind.rawValue])
         while let row = try cursor.next() {
-            let shard: Int = row[0], slot: Int = row[1], id: Int64 = row[2], image: Int64? = row[3]
+            let shard: Int = try row.decode(atIndex: 0), slot: Int = try row.decode(atIndex: 1), id: Int64 = try row.decode(atIndex: 2)
+            let image: Int64? = try row.decode(atIndex: 3)
             guard let s = byNumber[shard], slot >= 0, slot < shards[s].rows else {
                 throw ZeroSegError.badInput("index database names slot \(slot) of \(kind.fileStem) shard \(shard), which it does not have: the index is damaged; rebuild it")
             }

@@ -35,6 +35,15 @@ import ZeroSeg
         #expect(e?.message.contains("\n") == false)
     }
 
+    /// A header length past Int.max (0xdfdfe7287b000000): converting it to Int trapped before the
+    /// length was checked (found by the safetensors and prompts targets).
+    @Test func safetensorsHeaderLengthPastIntMax() throws {
+        let url = try Self.file("safetensors", "header-length-past-int-max")
+        let e = #expect(throws: ZeroSegError.self) { try SafetensorsFile(path: url.path) }
+        #expect(e?.kind == .badModel)
+        #expect(e?.message.contains("header length 16131866551312711680 is not sane") == true, "\(String(describing: e))")
+    }
+
     /// An empty tensor at storage offset 2^62: the offset was multiplied by the element size
     /// (trap) although an empty tensor never reads its storage. Now it loads, as in torch.
     @Test func torchEmptyTensorAtAHugeStorageOffset() throws {
@@ -96,6 +105,18 @@ import ZeroSeg
         let index = try EmbeddingIndex.open(at: Self.damagedIndex("negative-shard-rows"))
         let e = #expect(throws: ZeroSegError.self) { try index.search(vectors: [[1, 0, 0, 0]], options: SearchOptions(engine: .exact), threads: 1) }
         #expect(Self.isBadInput(e) && e?.message.contains("holds -1 rows") == true, "\(String(describing: e))")
+    }
+
+    /// shards.rows = '(1' (text where an integer belongs): GRDB's non-throwing row subscript
+    /// stopped the process; every database value is now decoded with a thrown error.
+    @Test func indexWithATextShardRowCount() throws {
+        let dir = try Self.damagedIndex("rows-not-an-integer")
+        let e = #expect(throws: ZeroSegError.self) {
+            let index = try EmbeddingIndex.open(at: dir)
+            _ = try index.search(vectors: [[1, 0, 0, 0]], options: SearchOptions(engine: .exact), threads: 1)
+        }
+        #expect(Self.isBadInput(e) && e?.message.contains("holds a value of the wrong type") == true, "\(String(describing: e))")
+        #expect(e?.message.contains("\n") == false)
     }
 
     /// meta.dim = 2^62: a shard's byte size (rows x dim x 2) overflowed (trap).

@@ -18,7 +18,7 @@ let labelsTarget = FuzzTarget(name: "labels", covers: "label map PNGs (decodeLab
         func be32(_ i: Int) -> Int { Int(arr[i]) << 24 | Int(arr[i + 1]) << 16 | Int(arr[i + 2]) << 8 | Int(arr[i + 3]) }
         w = be32(16); h = be32(20)
     }
-    guard w > 0, h > 0, w * h <= fuzzMaxPixels else { return }
+    guard w > 0, h > 0, w <= fuzzMaxPixels, h <= fuzzMaxPixels, w * h <= fuzzMaxPixels else { return }
     let dir = fuzzScratch.appendingPathComponent("masks", isDirectory: true)
     try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     FileManager.default.createFile(atPath: dir.appendingPathComponent("000.png").path, contents: Data(arr))
