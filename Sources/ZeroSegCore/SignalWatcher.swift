@@ -8,6 +8,8 @@ import Darwin
 
 /// SIGTERM and SIGINT, taken from their default action (which ends the process at once) while the
 /// watcher lives: the first calls `handler(signal, false)`, any later one `handler(signal, true)`.
+/// Signals that arrive together (dispatch merges them into one event) count as that many: two
+/// quick Ctrl-C's are a second signal, not one.
 /// Used by `zeroseg serve` (drain, then stop) and by folder runs (finish the image in flight, then
 /// stop). `cancel()` gives the signals their default action back.
 public final class SignalWatcher: @unchecked Sendable {
@@ -19,9 +21,10 @@ public final class SignalWatcher: @unchecked Sendable {
         for sig in [SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            s.setEventHandler { [weak self] in
+            s.setEventHandler { [weak self] in  // holds s until cancel() (dispatch then drops its handler)
                 guard let self else { return }
-                let n = self.lock.withLock { self.seen += 1; return self.seen }
+                let merged = max(1, Int(s.data))  // signals merged into this event
+                let n = self.lock.withLock { self.seen += merged; return self.seen }
                 handler(sig, n > 1)
             }
             s.resume()

@@ -63,6 +63,73 @@ import Glibc
         #expect(summary["interrupted"] is NSNull && summary["command"] as? String == "segment")
     }
 
+    /// A second SIGINT while the first is being honoured stops at once: exit 130, one error line
+    /// (the second signal's, or the first's when the image in flight finished before the second
+    /// came), no temporary file, and every output there complete with the uninterrupted run's bytes.
+    @Test func secondSignalStopsAtOnce() throws {
+        let dir = temporaryDirectory("zeroseg-interrupt-twice")
+        let names = (0..<40).map { String(format: "img%02d.png", $0) }
+        let imgs = try OutputFaultTests.images(names, in: dir.appendingPathComponent("imgs"))
+        let ref = dir.appendingPathComponent("ref"), out = dir.appendingPathComponent("out")
+        let r0 = try runCLI([imgs.path, "--out", ref.path] + small, environment: Self.sameKernels)
+        #expect(r0.status == 0, "\(r0.stderr)")
+        let want = try folderContents(ref)
+        let stderrFile = dir.appendingPathComponent("stderr.txt")
+        let child = try SpawnedCLI([imgs.path, "--out", out.path] + small, stderr: stderrFile.path, environment: Self.sameKernels)
+        let deadline = Date().addingTimeInterval(120)
+        while Self.jsonCount(out) < 2 && Date() < deadline { usleep(5_000) }
+        #expect(child.signal(SIGINT), "the run ended before the signal")
+        usleep(2_000)
+        _ = child.signal(SIGINT)  // false when the first already ended the run
+        let status = child.wait()
+        let stderr = (try? String(contentsOf: stderrFile, encoding: .utf8)) ?? ""
+        #expect(status == .exited(128 + SIGINT), "\(status): \(stderr)")
+        let errors = stderr.split(separator: "\n").filter { !$0.hasPrefix("warning: ") }
+        #expect(errors.count == 1 && (errors[0].contains("error: stopped by a second SIGINT: the image in flight was not written")
+                                      || errors[0].contains("error: interrupted by SIGINT after")), "\(stderr)")
+        let got = try folderContents(out)
+        #expect(try leftoverTemporaryFiles(out).isEmpty)
+        for (name, bytes) in got { #expect(want[name] == bytes, "\(name)") }
+        let stems = Set(got.keys.map { String($0.prefix(5)) })
+        #expect(got.count == 3 * stems.count && stems.count >= 2, "\(got.keys.sorted())")
+    }
+
+    /// `zeroseg eval` on SIGTERM: stops at once with 143 and one line, writes no report, and
+    /// leaves no temporary file (the predictions written before are complete files).
+    @Test func evalStopsOnSignalWithoutReport() throws {
+        let (images, labels) = try makeDataset()
+        let fm = FileManager.default
+        for i in 0..<3 {  // 3 x 13 pairs, so that the run is still going when the signal comes
+            for k in 1...12 {
+                try fm.copyItem(at: images.appendingPathComponent("img\(i).png"), to: images.appendingPathComponent("img\(i)-\(k).png"))
+                try fm.copyItem(at: labels.appendingPathComponent("img\(i).png"), to: labels.appendingPathComponent("img\(i)-\(k).png"))
+            }
+        }
+        let dir = temporaryDirectory("zeroseg-eval-signal")
+        let out = dir.appendingPathComponent("run"), stderrFile = dir.appendingPathComponent("stderr.txt")
+        let child = try SpawnedCLI(["eval", "--images", images.path, "--labels", labels.path, "--classes", "cat,grass|lawn,wall",
+                                    "--out", out.path, "--save-predictions", "--model", tiny, "--short-side", "40", "--window", "32",
+                                    "--stride", "16", "--templates", "single", "--threads", "2"],
+                                   stderr: stderrFile.path)
+        let predictions = out.appendingPathComponent("predictions")
+        let deadline = Date().addingTimeInterval(120)
+        while ((try? fm.contentsOfDirectory(atPath: predictions.path))?.filter { $0.hasSuffix(".png") }.count ?? 0) < 2 && Date() < deadline {
+            usleep(5_000)
+        }
+        #expect(child.signal(SIGTERM), "the run ended before the signal")
+        let status = child.wait()
+        let stderr = (try? String(contentsOf: stderrFile, encoding: .utf8)) ?? ""
+        #expect(status == .exited(128 + SIGTERM), "\(status): \(stderr)")
+        let errors = stderr.split(separator: "\n").filter { !$0.hasPrefix("warning: ") }
+        #expect(errors.count == 1 && errors[0].contains("error: interrupted by SIGTERM: no report written"), "\(stderr)")
+        #expect(!fm.fileExists(atPath: out.appendingPathComponent("eval.json").path))
+        #expect(!fm.fileExists(atPath: out.appendingPathComponent("eval.txt").path))
+        #expect(try leftoverTemporaryFiles(out).isEmpty)
+        for name in try fm.contentsOfDirectory(atPath: predictions.path) {
+            #expect(try RGBImage.load(predictions.appendingPathComponent(name)).width > 0, "\(name) is not a whole PNG")
+        }
+    }
+
     /// Outputs made otherwise are not skipped: other classes, a missing file, an image edited
     /// after its outputs; a note says why. Complete ones are skipped and left as they are.
     @Test func staleOutputsAreMadeAgain() throws {
