@@ -27,7 +27,9 @@ import ZeroSegCore
 //
 // Rows are not tiled: the sweep keeps, for each iteration level, a ring of the 2D+1 rows the next
 // level reads, and the affinities of the (K-1)·D+1 rows still to be used; level t of row y is
-// computed at step y + t·D, once. Queries are taken in passes of as many as the memory budget
+// computed at step y + t·D, once. The tiles advance together in phases of `phaseRows` finished
+// rows; after each phase the winning values of its rows (kept in a ring of that many rows, not for
+// the whole picture) are summed into the areas and mean scores in raster order. Queries are taken in passes of as many as the memory budget
 // allows (one pass for usual class counts); with several passes the per-pixel running state
 // (best, owner, log-sum-exp: 13 bytes a pixel) is kept for the whole image.
 
@@ -47,6 +49,9 @@ struct FullResolutionSettings {
     var ringBudget: Int = 160 << 20
     /// Column tiles (nil: chosen from the threads and the halo).
     var tiles: Int? = nil
+    /// Finished rows per phase: the tiles meet after each, and the winning values of that many
+    /// rows are kept (4 bytes x width each) for the raster-order sums.
+    var phaseRows: Int = 64
 
     /// K·D: how far (in pixels) a refined value depends on the upsampled logits and the guide.
     var halo: Int { iterations * maxDilation }
@@ -79,7 +84,8 @@ func columnTiles(width w: Int, halo: Int, count: Int) -> [ColumnTile] {
 
 /// How the full-resolution stage of an H x W picture with `queries` queries is worked: column
 /// tiles, queries per pass and passes, and the bytes of its buffers alive at once at the most
-/// (`FullResolutionOutput.bufferBytes`): labels and winning values (5 bytes a pixel), scores when
+/// (`FullResolutionOutput.bufferBytes`): labels (1 byte a pixel), the winning values of one phase's
+/// rows (4 bytes x width x `phaseRows`), scores when
 /// asked (4 x classes a pixel), the per-pixel state with several passes (13 a pixel), and per tile
 /// the guide's and affinities' rows (fixed) and each query's rows (within the ring budget).
 func fullResolutionPlan(width w: Int, height h: Int, queries q: Int, classes nc: Int, settings s: FullResolutionSettings)
@@ -102,7 +108,7 @@ func fullResolutionPlan(width w: Int, height h: Int, queries q: Int, classes nc:
     var chunk = max(1, min(q, s.ringBudget / max(1, perQueryAll)))
     if let m = s.maxQueriesPerPass { chunk = max(1, min(chunk, m)) }
     let passes = (q + chunk - 1) / chunk
-    let bytes = 5 * hw + (s.wantScores ? 4 * nc * hw : 0) + (passes > 1 ? 13 * hw : 0)
+    let bytes = hw + 4 * w * min(h, max(1, s.phaseRows)) + (s.wantScores ? 4 * nc * hw : 0) + (passes > 1 ? 13 * hw : 0)
         + tiles.map(fixed).reduce(0, +) + chunk * perQueryAll
     return (tiles, chunk, passes, bytes)
 }
@@ -123,7 +129,9 @@ func labelFullResolution(logits: ConstFloatPtr, guide: ConstFloatPtr, rescaledHe
     let (tiles, chunk, passes) = (plan.tiles, plan.queriesPerPass, plan.passes)
 
     var labels = [UInt8](repeating: 255, count: hw)
-    var values = [Float](repeating: 0, count: hw)       // winning probability of labelled pixels
+    let phase = min(h, max(1, s.phaseRows))
+    var values = [Float](repeating: 0, count: phase * w)  // winning probability of labelled pixels, rows y % phase
+    var area = [Double](repeating: 0, count: nc), sum = [Double](repeating: 0, count: nc)
     var scores: [Float]? = s.wantScores ? [Float](repeating: -.infinity, count: nc * hw) : nil  // running class max, then probabilities
     // Per-pixel state over passes (several passes only).
     var best = [Float](), lseMax = [Float](), lseSum = [Float](), owner = [UInt8]()
@@ -139,36 +147,48 @@ func labelFullResolution(logits: ConstFloatPtr, guide: ConstFloatPtr, rescaledHe
                 best.withUnsafeMutableBufferPointer { bb in lseMax.withUnsafeMutableBufferPointer { mb in
                 lseSum.withUnsafeMutableBufferPointer { sb in owner.withUnsafeMutableBufferPointer { ob in
                     let several = passes > 1  // (an empty array may still have a base address)
-                    let out = SweepOutputs(labels: lb.baseAddress!, values: vb.baseAddress!, scores: sp,
+                    let out = SweepOutputs(labels: lb.baseAddress!, values: vb.baseAddress!, valueRows: phase, scores: sp,
                                            best: several ? bb.baseAddress : nil, lseMax: several ? mb.baseAddress : nil,
                                            lseSum: several ? sb.baseAddress : nil, owner: several ? ob.baseAddress : nil)
                     for pass in 0..<passes {
                         let q0 = pass * chunk, q1 = min(q, q0 + chunk)
                         let job = SweepJob(logits: logits, guide: guide, owners: Array(owners[q0..<q1]), q0: q0, first: pass == 0,
                                            last: pass == passes - 1, classes: nc, scale: s.scale, threshold: s.threshold)
-                        nonisolated(unsafe) let (g, o, j) = (geometry, out, job)
-                        DispatchQueue.concurrentPerform(iterations: tiles.count) { ti in sweepTile(tiles[ti], g, j, o) }
+                        let sweeps = tiles.map { TileSweep($0, geometry, job) }
+                        for y0 in stride(from: 0, to: h, by: phase) {
+                            let y1 = min(h, y0 + phase)
+                            nonisolated(unsafe) let (sw, o) = (sweeps, out)
+                            DispatchQueue.concurrentPerform(iterations: sw.count) { ti in sw[ti].run(finishing: y1, out: o) }
+                            // Areas and mean winning probabilities in raster order (as the untiled code sums them).
+                            if job.last { sumPhase(rows: y0..<y1, width: w, classes: nc, labels: lb, values: vb, area: &area, sum: &sum) }
+                        }
                     }
                 } }
                 } }
             }
         }
     }
-    // Areas and mean winning probabilities in raster order (as the untiled code sums them).
-    var area = [Double](repeating: 0, count: nc), sum = [Double](repeating: 0, count: nc)
-    // hot loop: unchecked via unsafe buffer pointers
-    labels.withUnsafeBufferPointer { lb in values.withUnsafeBufferPointer { vb in
-        area.withUnsafeMutableBufferPointer { area in sum.withUnsafeMutableBufferPointer { sum in
-            for px in 0..<hw where Int(lb[px]) < nc {
-                let o = Int(lb[px])
-                area[o] += 1
-                sum[o] += Double(vb[px])
-            }
-        } }
-    } }
     return FullResolutionOutput(labels: labels, scores: scores, area: area.map { $0 / Double(hw) },
                                 mean: zip(sum, area).map { $1 > 0 ? $0 / $1 : 0 }, bufferBytes: plan.bytes,
                                 tiles: tiles.count, passes: passes)
+}
+
+/// Adds rows [y0, y1) to the areas and sums of winning values, pixels in raster order; values: the
+/// ring of phase rows (row y at y % (its rows)).
+private func sumPhase(rows: Range<Int>, width w: Int, classes nc: Int, labels: UnsafeMutableBufferPointer<UInt8>,
+                      values: UnsafeMutableBufferPointer<Float>, area: inout [Double], sum: inout [Double]) {
+    let ringRows = values.count / w
+    // hot loop: unchecked via unsafe buffer pointers
+    area.withUnsafeMutableBufferPointer { area in sum.withUnsafeMutableBufferPointer { sum in
+        for y in rows {
+            let lr = labels.baseAddress! + y * w, vr = values.baseAddress! + (y % ringRows) * w
+            for x in 0..<w where Int(lr[x]) < nc {
+                let o = Int(lr[x])
+                area[o] += 1
+                sum[o] += Double(vr[x])
+            }
+        }
+    } }
 }
 
 private func withOptionalPointer<R>(_ a: inout [Float]?, _ body: (FloatPtr?) throws -> R) rethrows -> R {
@@ -209,7 +229,8 @@ struct SweepJob {
 /// Where tiles write (each its interior columns only). best...owner: the whole image's state with
 /// several passes, nil with one (each tile keeps a row of it).
 struct SweepOutputs {
-    let labels: UnsafeMutablePointer<UInt8>, values: FloatPtr, scores: FloatPtr?
+    /// values: a ring of `valueRows` rows (row y at y % valueRows), each the image's width.
+    let labels: UnsafeMutablePointer<UInt8>, values: FloatPtr, valueRows: Int, scores: FloatPtr?
     let best: FloatPtr?, lseMax: FloatPtr?, lseSum: FloatPtr?, owner: UnsafeMutablePointer<UInt8>?
 }
 
@@ -280,38 +301,69 @@ struct HorizontalCache {
     }
 }
 
-/// One tile, one pass: the sweep described at the top of the file.
-func sweepTile(_ t: ColumnTile, _ g: SweepGeometry, _ j: SweepJob, _ out: SweepOutputs) {
-    let (h, d, k) = (g.h, g.d, g.iterations)
-    let tw = t.x1 - t.x0, pw = tw + 2 * d, iw = t.c1 - t.c0, ix = t.c0 - t.x0
-    let qc = j.owners.count, np = g.offsets.count, ns = g.stdOffsets.count
-    let refine = k >= 1
+/// One tile, one pass: the sweep described at the top of the file, advanced phase by phase
+/// (`run(finishing:out:)`); its rings live as long as the pass.
+final class TileSweep: @unchecked Sendable {  // each used by one thread at a time (one phase, one tile)
+    let t: ColumnTile, g: SweepGeometry, j: SweepJob
+    let tw: Int, iw: Int, ix: Int, qc: Int, np: Int, ns: Int, refine: Bool
     // Rings: guide (3 channels), levels 0..<K, affinities; the last level's row.
-    let guideRing = RowRing(slots: refine ? 2 * d + 1 : 1, channels: 3, pw: pw)
-    let levels = (0..<max(k, 1)).map { _ in RowRing(slots: refine ? 2 * d + 1 : 1, channels: qc, pw: pw) }
-    let affRing = RowRing(slots: refine ? (k - 1) * d + 1 : 1, channels: max(np, 1), pw: tw)
-    let final = FloatPtr.allocate(capacity: qc * tw)
-    var hLogits = HorizontalCache(channels: qc, tw: tw, x0: t.x0), hGuide = HorizontalCache(channels: 3, tw: tw, x0: t.x0)
-    let scratch = FloatPtr.allocate(capacity: 6 * tw)       // mean, ss, denom, max, sum: [tw] each
-    let rowState = FloatPtr.allocate(capacity: 3 * iw)      // best, lseMax, lseSum of one row (one pass)
-    let rowOwner = UnsafeMutablePointer<UInt8>.allocate(capacity: iw)
-    var srcRows = [UnsafePointer<Float>?](repeating: nil, count: max(1, qc * np))
-    var outRows = [FloatPtr?](repeating: nil, count: qc)
-    defer {
+    let guideRing: RowRing, levels: [RowRing], affRing: RowRing
+    let final: FloatPtr
+    var hLogits: HorizontalCache, hGuide: HorizontalCache
+    let scratch: FloatPtr       // mean, ss, denom, max, sum: [tw] each
+    let rowState: FloatPtr      // best, lseMax, lseSum of one row (one pass)
+    let rowOwner: UnsafeMutablePointer<UInt8>
+    var srcRows: [UnsafePointer<Float>?], outRows: [FloatPtr?]
+    let logits: ConstFloatPtr
+    /// The next step of the sweep.
+    private(set) var step = 0
+
+    init(_ t: ColumnTile, _ g: SweepGeometry, _ j: SweepJob) {
+        (self.t, self.g, self.j) = (t, g, j)
+        let d = g.d, k = g.iterations
+        tw = t.x1 - t.x0; iw = t.c1 - t.c0; ix = t.c0 - t.x0
+        let pw = tw + 2 * d
+        qc = j.owners.count; np = g.offsets.count; ns = g.stdOffsets.count
+        refine = k >= 1
+        guideRing = RowRing(slots: refine ? 2 * d + 1 : 1, channels: 3, pw: pw)
+        let (qc, refine) = (qc, refine)
+        levels = (0..<max(k, 1)).map { _ in RowRing(slots: refine ? 2 * d + 1 : 1, channels: qc, pw: pw) }
+        affRing = RowRing(slots: refine ? (k - 1) * d + 1 : 1, channels: max(np, 1), pw: tw)
+        final = FloatPtr.allocate(capacity: qc * tw)
+        hLogits = HorizontalCache(channels: qc, tw: tw, x0: t.x0); hGuide = HorizontalCache(channels: 3, tw: tw, x0: t.x0)
+        scratch = FloatPtr.allocate(capacity: 6 * tw)
+        rowState = FloatPtr.allocate(capacity: 3 * iw)
+        rowOwner = UnsafeMutablePointer<UInt8>.allocate(capacity: iw)
+        srcRows = [UnsafePointer<Float>?](repeating: nil, count: max(1, qc * np))
+        outRows = [FloatPtr?](repeating: nil, count: qc)
+        logits = j.logits + j.q0 * g.hs * g.ws
+    }
+
+    deinit {
         guideRing.free(); levels.forEach { $0.free() }; affRing.free(); final.deallocate()
         hLogits.free(); hGuide.free(); scratch.deallocate(); rowState.deallocate(); rowOwner.deallocate()
     }
-    let logits = j.logits + j.q0 * g.hs * g.ws
-    for s in 0..<(h + k * d) {
+
+    /// Runs the steps that finish rows up to (not including) `yEnd`.
+    func run(finishing yEnd: Int, out: SweepOutputs) {
+        let lastStep = min(g.h + g.iterations * g.d, refine ? yEnd + g.iterations * g.d : yEnd)
+        while step < lastStep {
+            advance(step, out)
+            step += 1
+        }
+    }
+
+    private func advance(_ s: Int, _ out: SweepOutputs) {
+        let (h, d, k) = (g.h, g.d, g.iterations)
         if s < h {
-            if refine { hGuide.resizedRow(s, src: j.guide, g: g) { guideRing.row(s, $0) + d }; for c in 0..<3 { guideRing.pad(s, c, d) } }
-            hLogits.resizedRow(s, src: logits, g: g) { levels[0].row(s, $0) + d }
+            if refine { hGuide.resizedRow(s, src: j.guide, g: g) { self.guideRing.row(s, $0) + d }; for c in 0..<3 { guideRing.pad(s, c, d) } }
+            hLogits.resizedRow(s, src: logits, g: g) { self.levels[0].row(s, $0) + d }
             for c in 0..<qc { levels[0].pad(s, c, d) }
         }
         guard refine else {
             // No refinement: the resized logits are the final ones.
-            finishRow(s, t, g, j, out, rows: { levels[0].row(s, $0) + d + ix }, iw: iw, state: rowState, owner: rowOwner)
-            continue
+            if s < h { finishRow(s, t, g, j, out, rows: { self.levels[0].row(s, $0) + d + self.ix }, iw: iw, state: rowState, owner: rowOwner) }
+            return
         }
         let ya = s - d
         if ya >= 0 && ya < h {
@@ -327,14 +379,15 @@ func sweepTile(_ t: ColumnTile, _ g: SweepGeometry, _ j: SweepJob, _ out: SweepO
                 }
                 outRows[c] = lv < k ? levels[lv].row(y, c) + d : final + c * tw
             }
+            let (qc, np, tw, a) = (qc, np, tw, affRing.row(y, 0))
             srcRows.withUnsafeBufferPointer { sr in outRows.withUnsafeBufferPointer { orows in
-                zs_pamr_row(sr.baseAddress!, affRing.row(y, 0), tw, orows.baseAddress!, Int32(qc), Int32(np), tw)
+                zs_pamr_row(sr.baseAddress!, a, tw, orows.baseAddress!, Int32(qc), Int32(np), tw)
             } }
             if lv < k { for c in 0..<qc { levels[lv].pad(y, c, d) } }
         }
         let yl = s - k * d
         if yl >= 0 && yl < h {
-            finishRow(yl, t, g, j, out, rows: { final + $0 * tw + ix }, iw: iw, state: rowState, owner: rowOwner)
+            finishRow(yl, t, g, j, out, rows: { self.final + $0 * self.tw + self.ix }, iw: iw, state: rowState, owner: rowOwner)
         }
     }
 }
@@ -402,7 +455,7 @@ func finishRow(_ y: Int, _ t: ColumnTile, _ g: SweepGeometry, _ j: SweepJob, _ o
         }
     }
     guard j.last else { return }
-    let labels = out.labels + px0, values = out.values + px0, thr = j.threshold
+    let labels = out.labels + px0, values = out.values + (y % out.valueRows) * w + t.c0, thr = j.threshold
     for x in 0..<iw {
         let o = Int(owner[x])
         let value = expf(best[x] - lseMax[x]) / lseSum[x]
