@@ -237,7 +237,7 @@ public final class EmbeddingIndex: @unchecked Sendable {
     }
 
     private func vector(id: Int64, retry: Bool) throws -> (vector: [Float], kind: VectorKind) {
-        let found = try db.reading { d -> (kind: String, shard: Int, slot: Int)? in
+        let found = try db.reading { d -> (kind: VectorKind.RawValue, shard: Int, slot: Int)? in
             guard let row = try Row.fetchOne(d, sql: "SELECT kind, shard, slot FROM vectors WHERE id = ?", arguments: [id]) else { return nil }
             return (try row.decode(forColumn: "kind"), try row.decode(forColumn: "shard"), try row.decode(forColumn: "slot"))
         }
