@@ -68,7 +68,7 @@ struct Segment: ParsableCommand {
         // SIGINT / SIGTERM: finish the image in flight, then stop; a second one: stop now
         let stop = StopRequest()
         let signals = SignalWatcher { sig, again in
-            if again { exitAtOnce(on: sig, "stopped by a second \(SignalWatcher.name(sig)): the image in flight was not written") }
+            if again { exitAtOnce(on: sig, "stopped by a second \(SignalWatcher.name(sig)): the image in flight was not finished: run again with --skip-existing to resume") }
             stop.stop(reason: SignalWatcher.name(sig), signal: sig)
         }
         defer { signals.cancel() }
