@@ -6,7 +6,9 @@ import ZeroSeg
 /// running in this process do not disturb the figures: a long folder runs with flat memory, and a
 /// large picture's peak stays far below what whole-image buffers would take. The full-size figures
 /// (12 MP and 50 MP photos, ViT-B/16) are in docs/reliability.md.
-@Suite struct MemoryLimitTests {
+@Suite(.disabled(if: ProcessInfo.processInfo.environment["ZEROSEG_SANITIZER"] != nil,
+                 "a sanitizer's shadow memory, redzones and quarantine inflate every figure (scripts/sanitize.sh)"))
+struct MemoryLimitTests {
     static func bench(_ args: [String]) throws -> BenchReport {
         let json = temporaryDirectory("zeroseg-memory").appendingPathComponent("bench.json")
         let r = try runCLI(["bench", "--model", GoldenModelTests.tinyDir.path, "--repeats", "1", "--json", json.path] + args)
