@@ -493,7 +493,7 @@ public final class EmbeddingIndex: @unchecked Sendable {
     /// append's), and cuts named ones after their last used row.
     private func removeOrphanShards() throws {
         let named = try db.reading { d in
-            try Row.fetchAll(d, sql: "SELECT kind, number, rows FROM shards").map { (VectorKind(rawValue: $0["kind"]) ?? .image, $0["number"] as Int, $0["rows"] as Int) }
+            try Row.fetchAll(d, sql: "SELECT kind, number, rows FROM shards").map { (VectorKind(rawValue: try $0.get("kind")) ?? .image, try $0.get("number") as Int, try $0.get("rows") as Int) }
         }
         var keep: [String: Int] = [:]
         for (k, n, r) in named { keep[shardURL(directory, kind: k, number: n).lastPathComponent] = r }

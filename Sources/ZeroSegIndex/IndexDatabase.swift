@@ -249,7 +249,8 @@ final class IndexDatabase: @unchecked Sendable {
     func images() throws -> [IndexedImage] {
         try reading { db in
             try Row.fetchAll(db, sql: "SELECT id, path, sha256, bytes, width, height FROM images ORDER BY path").map {
-                IndexedImage(id: $0["id"], path: $0["path"], sha256: $0["sha256"], bytes: $0["bytes"], width: $0["width"], height: $0["height"])
+                IndexedImage(id: try $0.get("id"), path: try $0.get("path"), sha256: try $0.get("sha256"), bytes: try $0.get("bytes"),
+                             width: try $0.get("width"), height: try $0.get("height"))
             }
         }
     }
@@ -257,7 +258,8 @@ final class IndexDatabase: @unchecked Sendable {
     func image(id: Int64) throws -> IndexedImage? {
         try reading { db in
             try Row.fetchOne(db, sql: "SELECT id, path, sha256, bytes, width, height FROM images WHERE id = ?", arguments: [id]).map {
-                IndexedImage(id: $0["id"], path: $0["path"], sha256: $0["sha256"], bytes: $0["bytes"], width: $0["width"], height: $0["height"])
+                IndexedImage(id: try $0.get("id"), path: try $0.get("path"), sha256: try $0.get("sha256"), bytes: try $0.get("bytes"),
+                             width: try $0.get("width"), height: try $0.get("height"))
             }
         }
     }
@@ -287,6 +289,17 @@ final class IndexDatabase: @unchecked Sendable {
             shards[s].images[slot] = image ?? -1
         }
         return shards
+    }
+}
+
+extension Row {
+    /// The column's value, decoded with a thrown error: a value of the wrong type in a damaged or
+    /// hand-edited database is a one-line ZeroSegError, where GRDB's subscript would stop the process.
+    func get<T: DatabaseValueConvertible>(_ column: String) throws -> T {
+        do { return try decode(forColumn: column) } catch let e as RowDecodingError {
+            let what = String(String(describing: e).map { $0.isNewline ? " " : $0 }.prefix(200))
+            throw ZeroSegError.badInput("index database holds a value of the wrong type (\(what)): the index is damaged; rebuild it")
+        }
     }
 }
 

@@ -83,7 +83,7 @@ extension EmbeddingIndex {
         guard !missing.isEmpty else { return }
         var image: [Int64: Int64] = [:]
         for r in try db.reading({ try IndexDatabase.rows($0, "SELECT id, image_id FROM vectors WHERE id IN", ids: missing) }) {
-            image[r["id"]] = (r["image_id"] as Int64?) ?? -1
+            image[try r.get("id")] = (try r.get("image_id") as Int64?) ?? -1
         }
         for i in cands.indices where cands[i].image == -2 { cands[i].image = image[cands[i].id] ?? -1 }
     }
@@ -98,17 +98,19 @@ extension EmbeddingIndex {
             FROM vectors v LEFT JOIN images i ON i.id = v.image_id WHERE v.id IN
             """
         var rows: [Int64: Row] = [:]
-        for r in try db.reading({ try IndexDatabase.rows($0, select, ids: cands.map(\.id)) }) { rows[r["id"]] = r }
+        for r in try db.reading({ try IndexDatabase.rows($0, select, ids: cands.map(\.id)) }) { rows[try r.get("id")] = r }
         return try cands.compactMap { c in
             guard let r = rows[c.id] else { return nil }
             var image: IndexedImage?
-            if let iid: Int64 = r["image_id"] {
-                image = IndexedImage(id: iid, path: r["path"], sha256: r["sha256"], bytes: r["bytes"], width: r["width"], height: r["height"])
+            if let iid: Int64 = try r.get("image_id") {
+                image = IndexedImage(id: iid, path: try r.get("path"), sha256: try r.get("sha256"), bytes: try r.get("bytes"),
+                                     width: try r.get("width"), height: try r.get("height"))
             }
             var region: IndexRegion?
-            if (r["kind"] as Int) == VectorKind.region.rawValue, let x0: Int = r["x0"] {
-                let mask: RLEMask? = try (r["mask"] as String?).map { try Self.decodeMask($0, vector: c.id) }
-                region = IndexRegion(box: PixelBox(x0: x0, y0: r["y0"], x1: r["x1"], y1: r["y1"]), source: r["source"] ?? "", mask: mask)
+            if (try r.get("kind") as Int) == VectorKind.region.rawValue, let x0: Int = try r.get("x0") {
+                let mask: RLEMask? = try (try r.get("mask") as String?).map { try Self.decodeMask($0, vector: c.id) }
+                region = IndexRegion(box: PixelBox(x0: x0, y0: try r.get("y0"), x1: try r.get("x1"), y1: try r.get("y1")),
+                                     source: (try r.get("source") as String?) ?? "", mask: mask)
             }
             return SearchHit(id: c.id, score: c.score, image: image, region: region)
         }

@@ -86,7 +86,7 @@ import ZeroSeg
         let bytes = try input("index", name)
         #expect(bytes.first == 2)
         let sql = ["shards.rows": "UPDATE shards SET rows = ?", "meta.dim": "UPDATE meta SET value = ? WHERE key = 'dim'",
-                   "vectors.mask": "UPDATE vectors SET mask = ? WHERE kind = 1"]
+                   "vectors.mask": "UPDATE vectors SET mask = ? WHERE kind = 1", "images.height": "UPDATE images SET height = ?"]
         let q = try DatabaseQueue(path: dir.appendingPathComponent(EmbeddingIndex.databaseName).path)
         try q.write { db in
             for line in String(decoding: bytes.dropFirst(), as: UTF8.self).split(separator: "\n") {
@@ -117,6 +117,17 @@ import ZeroSeg
         }
         #expect(Self.isBadInput(e) && e?.message.contains("holds a value of the wrong type") == true, "\(String(describing: e))")
         #expect(e?.message.contains("\n") == false)
+    }
+
+    /// images.height = '' (found by the fuzzer after the fix above): the image list and the search
+    /// results decoded rows through GRDB's subscripts too; every row value is now `Row.get`.
+    @Test func indexWithATextImageHeight() throws {
+        let index = try EmbeddingIndex.open(at: Self.damagedIndex("height-not-an-integer"))
+        let e1 = #expect(throws: ZeroSegError.self) { try index.images() }
+        let e2 = #expect(throws: ZeroSegError.self) {
+            try index.search(vectors: [[1, 0, 0, 0]], options: SearchOptions(kind: .image, engine: .exact), threads: 1)
+        }
+        for e in [e1, e2] { #expect(Self.isBadInput(e) && e?.message.contains("holds a value of the wrong type") == true, "\(String(describing: e))") }
     }
 
     /// meta.dim = 2^62: a shard's byte size (rows x dim x 2) overflowed (trap).
