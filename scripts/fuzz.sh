@@ -20,6 +20,11 @@
 # (deleted at the end; ZEROSEG_FUZZ_KEEP=DIR keeps them in DIR/TARGET). Crash inputs are copied to
 # .build-fuzz/artifacts/TARGET/ with the command that reproduces them.
 #
+# Coverage: swiftc's -sanitize=fuzzer alone adds no coverage instrumentation when combined with
+# -sanitize=address under whole-module optimisation or -enable-testing (checked with readelf: no
+# __sancov sections), so the Swift targets were fuzzed blind; -sanitize-coverage=edge,inline-8bit-
+# counters,pc-table,trace-cmp asks for it explicitly (libFuzzer's own defaults).
+#
 # Leak detection is off (-detect_leaks=0): the Swift runtime and Foundation allocate caches on
 # first use (type metadata, the tokenizer's word cache), which LeakSanitizer reports as leaks of the
 # input that first needed them.
@@ -54,7 +59,7 @@ if [ "$build" = 1 ]; then
   echo "== building the fuzz targets (.build-fuzz, --sanitize=fuzzer --sanitize=address)" >&2
   start=$(date +%s)
   ZEROSEG_FUZZ=1 swift build -c release --sanitize=fuzzer --sanitize=address --scratch-path .build-fuzz \
-    --product zeroseg-fuzz -Xswiftc -enable-testing 2>&1 | grep -v -E '^\[[0-9]+/[0-9]+\]' >&2
+    --product zeroseg-fuzz -Xswiftc -enable-testing -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp 2>&1 | grep -v -E '^\[[0-9]+/[0-9]+\]' >&2
   echo "fuzz build: $(( $(date +%s) - start )) s" >&2
 fi
 [ -x "$bin" ] || { echo "fuzz.sh: $bin is missing (run without --no-build)" >&2; exit 2; }
